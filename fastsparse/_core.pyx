@@ -1,0 +1,522 @@
+# cython: language_level=3
+"""Compiled kernels of the factored output layer.
+
+State (row-major, see ALGORITHM.md):  W = V U + 1_D omega^T,  Uinv = U^{-1},
+Q = W^T W (only its upper triangle is read and kept up to date),
+wbar = W^T 1_D.  omega and wbar are only kept by losses that use
+s = sum(o); callers pass zero-length arrays otherwise.
+
+The kernels trust their inputs (the Python layer validates once) and run
+without the GIL for their whole duration.  Targets arrive in CSR form:
+``indptr`` (m + 1), ``indices`` (nnz, int64, sorted and distinct within a
+row) and ``values`` (nnz).
+
+Status codes returned to Python: 0 success; STATUS_SMALL_R: the update of
+example ``bad`` has |r| < r_tol (state untouched in batch mode; in online
+mode the examples before ``bad`` were applied); STATUS_SINGULAR: the
+minibatch Woodbury system is singular (state untouched); STATUS_LOSS: a
+loss value or gradient is not finite (example ``bad``); STATUS_NOMEM.
+"""
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
+from libc.math cimport fabs, isfinite
+from libc.stdint cimport int64_t
+
+from fastsparse._blas cimport (
+    floating, xdot, xaxpy, xscal, xcopy, xgemv, xger, xsymv, xsyr2, xgemm,
+    xsymm, xsyr2k, xgetrf, xgetrs, NoTrans, Trans, Upper, Right)
+
+cdef extern from "fs_sparse.h" nogil:
+    void fs_gather_dots_s(const float*, ptrdiff_t, const int64_t*, ptrdiff_t,
+                          const float*, ptrdiff_t, float*)
+    void fs_gather_dots_d(const double*, ptrdiff_t, const int64_t*, ptrdiff_t,
+                          const double*, ptrdiff_t, double*)
+    void fs_gather_combine_s(const float*, ptrdiff_t, const int64_t*,
+                             const float*, ptrdiff_t, ptrdiff_t, float*)
+    void fs_gather_combine_d(const double*, ptrdiff_t, const int64_t*,
+                             const double*, ptrdiff_t, ptrdiff_t, double*)
+    void fs_scatter_axpy_s(float*, ptrdiff_t, const int64_t*, const float*,
+                           ptrdiff_t, ptrdiff_t, const float*, ptrdiff_t)
+    void fs_scatter_axpy_d(double*, ptrdiff_t, const int64_t*, const double*,
+                           ptrdiff_t, ptrdiff_t, const double*, ptrdiff_t)
+    void fs_csr_gram_add_s(ptrdiff_t, const int64_t*, const int64_t*,
+                           const float*, float*)
+    void fs_csr_gram_add_d(ptrdiff_t, const int64_t*, const int64_t*,
+                           const double*, double*)
+
+cpdef enum Status:
+    STATUS_OK = 0
+    STATUS_SMALL_R = 1
+    STATUS_SINGULAR = 2
+    STATUS_LOSS = 3
+    STATUS_NOMEM = 4
+
+cpdef enum LossKind:
+    LOSS_SQUARED = 0
+
+cdef struct LossSpec:
+    int kind
+    double n_outputs
+    double eps
+    double alpha
+    double beta
+
+
+# ------------------------------------------------- fused sparse dispatchers
+cdef inline void gather_dots(const floating* V, ptrdiff_t ldv,
+                             const int64_t* idx, ptrdiff_t n,
+                             const floating* u, ptrdiff_t d,
+                             floating* out) noexcept nogil:
+    if floating is float:
+        fs_gather_dots_s(V, ldv, idx, n, u, d, out)
+    else:
+        fs_gather_dots_d(V, ldv, idx, n, u, d, out)
+
+
+cdef inline void gather_combine(const floating* V, ptrdiff_t ldv,
+                                const int64_t* idx, const floating* coef,
+                                ptrdiff_t n, ptrdiff_t d,
+                                floating* out) noexcept nogil:
+    if floating is float:
+        fs_gather_combine_s(V, ldv, idx, coef, n, d, out)
+    else:
+        fs_gather_combine_d(V, ldv, idx, coef, n, d, out)
+
+
+cdef inline void scatter_axpy(floating* V, ptrdiff_t ldv, const int64_t* idx,
+                              const floating* coef, ptrdiff_t n, ptrdiff_t d,
+                              const floating* w, ptrdiff_t incw) noexcept nogil:
+    if floating is float:
+        fs_scatter_axpy_s(V, ldv, idx, coef, n, d, w, incw)
+    else:
+        fs_scatter_axpy_d(V, ldv, idx, coef, n, d, w, incw)
+
+
+cdef inline void csr_gram_add(ptrdiff_t m, const int64_t* indptr,
+                              const int64_t* indices, const floating* values,
+                              floating* G) noexcept nogil:
+    if floating is float:
+        fs_csr_gram_add_s(m, indptr, indices, values, G)
+    else:
+        fs_csr_gram_add_d(m, indptr, indices, values, G)
+
+
+# ------------------------------------------------------------------ losses
+cdef int eval_loss(const LossSpec* spec, Py_ssize_t K, const floating* a,
+                   const floating* y, double q, double s, double* L,
+                   floating* ga, double* gq, double* gs) noexcept nogil:
+    """(L, dL/da, dL/dq, dL/ds) of one example; returns STATUS_LOSS when the
+    result is not finite."""
+    cdef Py_ssize_t k
+    cdef double ya = 0.0, yy = 0.0
+    if spec.kind == LOSS_SQUARED:
+        # L = ||o - y||^2 = q - 2 y.a + ||y||^2
+        for k in range(K):
+            ya += <double>y[k] * a[k]
+            yy += <double>y[k] * y[k]
+            ga[k] = -2 * y[k]
+        L[0] = q - 2.0 * ya + yy
+        gq[0] = 1.0
+        gs[0] = 0.0
+    if not (isfinite(L[0]) and isfinite(gq[0]) and isfinite(gs[0])):
+        return STATUS_LOSS
+    for k in range(K):
+        if not isfinite(ga[k]):
+            return STATUS_LOSS
+    return STATUS_OK
+
+
+cdef inline double norm2G(double D, Py_ssize_t K, const floating* a,
+                          const floating* ga, double q, double s, double gq,
+                          double gs) noexcept nogil:
+    """||dL/do||^2 for one example (distinct target indices)."""
+    cdef double sga = 0.0, ga2 = 0.0, aga = 0.0
+    cdef Py_ssize_t k
+    for k in range(K):
+        sga += ga[k]
+        ga2 += <double>ga[k] * ga[k]
+        aga += <double>a[k] * ga[k]
+    return (4.0 * gq * gq * q + D * gs * gs + ga2 + 4.0 * gq * gs * s
+            + 4.0 * gq * aga + 2.0 * gs * sga)
+
+
+cdef Py_ssize_t max_row_nnz(Py_ssize_t m, const int64_t* indptr) noexcept nogil:
+    cdef Py_ssize_t i, kmax = 1
+    for i in range(m):
+        if indptr[i + 1] - indptr[i] > kmax:
+            kmax = indptr[i + 1] - indptr[i]
+    return kmax
+
+
+# ------------------------------------------------------------ online mode
+cdef int online_kernel(Py_ssize_t D, int d, floating* V, floating* U,
+                       floating* Uinv, floating* Q, floating* omega,
+                       floating* wbar, int m, const floating* H,
+                       const int64_t* indptr, const int64_t* indices,
+                       const floating* values, double lr,
+                       const LossSpec* spec, double r_tol,
+                       floating* loss_out, floating* grad_out,
+                       Py_ssize_t* bad, double* bad_r) noexcept nogil:
+    """One exact rank-one update per example, in order (ALGORITHM.md,
+    "Online update")."""
+    cdef bint keep_s = omega != NULL
+    cdef Py_ssize_t kmax = max_row_nnz(m, indptr)
+    cdef floating* work = <floating*>malloc((5 * d + 3 * kmax) * sizeof(floating))
+    if work == NULL:
+        return STATUS_NOMEM
+    cdef floating* u = work          # U h
+    cdef floating* Qh = work + d     # Q h
+    cdef floating* t = work + 2 * d  # Uinv^T h
+    cdef floating* vy = work + 3 * d  # V^T ydot
+    cdef floating* g = work + 4 * d  # grad_h
+    cdef floating* a = work + 5 * d
+    cdef floating* ga = a + kmax
+    cdef floating* coef = ga + kmax
+    cdef const floating* h
+    cdef const int64_t* idx
+    cdef Py_ssize_t i, k, K
+    cdef double q, s, oh, hh, L, gq, gs, c, r, sga, G2
+    cdef int status
+
+    for i in range(m):
+        h = H + i * d
+        K = indptr[i + 1] - indptr[i]
+        idx = indices + indptr[i]
+        # forward at the current state
+        xgemv(NoTrans, d, d, 1, U, d, h, 1, 0, u, 1)
+        xsymv(Upper, d, 1, Q, d, h, 1, 0, Qh, 1)
+        q = xdot(d, h, 1, Qh, 1)
+        hh = xdot(d, h, 1, h, 1)
+        oh = 0.0
+        s = 0.0
+        if keep_s:
+            oh = xdot(d, omega, 1, h, 1)
+            s = xdot(d, wbar, 1, h, 1)
+        gather_dots(V, d, idx, K, u, d, a)
+        for k in range(K):
+            a[k] += <floating>oh
+        status = eval_loss(spec, K, a, values + indptr[i], q, s, &L, ga,
+                           &gq, &gs)
+        if status != STATUS_OK:
+            bad[0] = i
+            free(work)
+            return status
+        c = 2.0 * lr * gq
+        r = 1.0 - c * hh
+        if lr > 0 and fabs(r) < r_tol:
+            bad[0] = i
+            bad_r[0] = r
+            free(work)
+            return STATUS_SMALL_R
+        loss_out[i] = <floating>L
+        # grad_h = 2 gq Q h + gs wbar + U^T (V^T ydot) + omega sum(ga)
+        gather_combine(V, d, idx, ga, K, d, vy)
+        xgemv(Trans, d, d, 1, U, d, vy, 1, 0, g, 1)
+        xaxpy(d, <floating>(2.0 * gq), Qh, 1, g, 1)
+        sga = 0.0
+        for k in range(K):
+            sga += ga[k]
+        if keep_s:
+            xaxpy(d, <floating>gs, wbar, 1, g, 1)
+            xaxpy(d, <floating>sga, omega, 1, g, 1)
+        xcopy(d, g, 1, grad_out + i * d, 1)
+        if lr == 0:
+            continue
+        G2 = norm2G(spec.n_outputs, K, a, ga, q, s, gq, gs)
+        # U' = U - c (U h) h^T ; Uinv' = Uinv + (c / r) h (Uinv^T h)^T
+        xger(d, d, <floating>(-c), u, 1, h, 1, U, d)
+        xgemv(Trans, d, d, 1, Uinv, d, h, 1, 0, t, 1)
+        xger(d, d, <floating>(c / r), h, 1, t, 1, Uinv, d)
+        # V'[j_k] = V[j_k] - lr ga_k w,  w = Uinv'^T h = t / r
+        for k in range(K):
+            coef[k] = <floating>(-lr * ga[k] / r)
+        scatter_axpy(V, d, idx, coef, K, d, t, 1)
+        if keep_s:
+            xaxpy(d, <floating>(-lr * (2.0 * gq * oh + gs)), h, 1, omega, 1)
+            xaxpy(d, <floating>(-lr * (2.0 * gq * s + spec.n_outputs * gs + sga)),
+                  h, 1, wbar, 1)
+        # Q' = Q - lr (g h^T + h g^T) + lr^2 G2 h h^T
+        #    = Q - lr ((g - lr G2 / 2 h) h^T + h (g - lr G2 / 2 h)^T)
+        xaxpy(d, <floating>(-0.5 * lr * G2), h, 1, g, 1)
+        xsyr2(Upper, d, <floating>(-lr), g, 1, h, 1, Q, d)
+    free(work)
+    return STATUS_OK
+
+
+# ------------------------------------------------------------ batch mode
+cdef void batch_forward(int d, const floating* V, const floating* U,
+                        const floating* Q, const floating* omega,
+                        const floating* wbar, int m, const floating* H,
+                        const int64_t* indptr, const int64_t* indices,
+                        floating* HU, floating* HQ, floating* a, double* q,
+                        double* s, double* Ho) noexcept nogil:
+    """Outputs at the targets (a), q = ||o||^2, s = sum(o), omega.h (Ho),
+    and the products H U^T, H Q that the backward pass reuses."""
+    cdef Py_ssize_t i, p
+    xgemm(NoTrans, Trans, m, d, d, 1, H, d, U, d, 0, HU, d)
+    xsymm(Right, Upper, m, d, 1, Q, d, H, d, 0, HQ, d)
+    for i in range(m):
+        q[i] = xdot(d, H + i * d, 1, HQ + i * d, 1)
+        s[i] = 0.0
+        Ho[i] = 0.0
+        if omega != NULL:
+            Ho[i] = xdot(d, H + i * d, 1, omega, 1)
+            s[i] = xdot(d, H + i * d, 1, wbar, 1)
+        gather_dots(V, d, indices + indptr[i], indptr[i + 1] - indptr[i],
+                    HU + i * d, d, a + indptr[i])
+        for p in range(indptr[i], indptr[i + 1]):
+            a[p] += <floating>Ho[i]
+
+
+cdef int batch_backward(Py_ssize_t D, int d, floating* V, floating* U,
+                        floating* Uinv, floating* Q, floating* omega,
+                        floating* wbar, int m, const floating* H,
+                        const int64_t* indptr, const int64_t* indices,
+                        const floating* ga, const double* gq,
+                        const double* gs, const double* s, const double* Ho,
+                        const floating* HU, const floating* HQ, double lr,
+                        double r_tol, floating* grad_out, Py_ssize_t* bad,
+                        double* bad_r) noexcept nogil:
+    """grad_H for the given (ga, gq, gs), then one exact update with the
+    summed gradient (ALGORITHM.md, "Minibatch update").  Every check comes
+    before the first write to the state."""
+    cdef bint keep_s = omega != NULL
+    cdef Py_ssize_t md = <Py_ssize_t>m * d, mm = <Py_ssize_t>m * m
+    cdef Py_ssize_t i, j, c, p
+    cdef double r, hh, Dn = <double>D
+    # workspace: R, P, Hg (m x d); Xt, Zt (d x m); T, HHt, Kmat, M (m x m);
+    # fvec (m)
+    cdef floating* work = <floating*>malloc((5 * md + 4 * mm + m) * sizeof(floating))
+    cdef double* ysum = <double*>malloc(m * sizeof(double))
+    cdef int* ipiv = <int*>malloc(m * sizeof(int))
+    if work == NULL or ysum == NULL or ipiv == NULL:
+        free(work); free(ysum); free(ipiv)
+        return STATUS_NOMEM
+    cdef floating* R = work
+    cdef floating* P = R + md
+    cdef floating* Hg = P + md
+    cdef floating* Xt = Hg + md
+    cdef floating* Zt = Xt + md
+    cdef floating* T = Zt + md
+    cdef floating* HHt = T + mm
+    cdef floating* Kmat = HHt + mm
+    cdef floating* M = Kmat + mm
+    cdef floating* fvec = M + mm
+    cdef int status = STATUS_OK
+
+    # R = Ydot V ; grad_H = R U + ysum omega^T (+ 2 diag(gq) H Q + gs wbar^T)
+    for i in range(m):
+        gather_combine(V, d, indices + indptr[i], ga + indptr[i],
+                       indptr[i + 1] - indptr[i], d, R + i * d)
+        ysum[i] = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            ysum[i] += ga[p]
+        fvec[i] = <floating>ysum[i]
+    xgemm(NoTrans, NoTrans, m, d, d, 1, R, d, U, d, 0, grad_out, d)
+    if keep_s:
+        xger(m, d, 1, fvec, 1, omega, 1, grad_out, d)
+    if lr > 0:
+        # T = H (Ydot W)^T, needed by M = G G^T
+        xgemm(NoTrans, Trans, m, m, d, 1, H, d, grad_out, d, 0, T, m)
+    for i in range(m):
+        xaxpy(d, <floating>(2.0 * gq[i]), HQ + i * d, 1, grad_out + i * d, 1)
+        if keep_s:
+            xaxpy(d, <floating>gs[i], wbar, 1, grad_out + i * d, 1)
+    if lr == 0:
+        free(work); free(ysum); free(ipiv)
+        return STATUS_OK
+
+    # ---- checks: per-example r, then the m x m Woodbury system
+    for i in range(m):
+        hh = xdot(d, H + i * d, 1, H + i * d, 1)
+        r = 1.0 - 2.0 * lr * gq[i] * hh
+        if fabs(r) < r_tol:
+            bad[0] = i
+            bad_r[0] = r
+            free(work); free(ysum); free(ipiv)
+            return STATUS_SMALL_R
+    # HHt = H H^T ; Kmat = I - diag(2 lr gq) H H^T
+    xgemm(NoTrans, Trans, m, m, d, 1, H, d, H, d, 0, HHt, m)
+    for i in range(m):
+        for j in range(m):
+            Kmat[i * m + j] = <floating>(-2.0 * lr * gq[i] * HHt[i * m + j])
+        Kmat[i * m + i] += 1
+    if xgetrf(m, Kmat, m, ipiv) != 0:
+        free(work); free(ysum); free(ipiv)
+        return STATUS_SINGULAR
+    for i in range(m):
+        if fabs(Kmat[i * m + i]) < r_tol:
+            free(work); free(ysum); free(ipiv)
+            return STATUS_SINGULAR
+
+    # ---- everything the update needs, still without writing the state
+    # Xt = (H Uinv)^T ; Zt = (Kmat^{-1} diag(2 lr gq) H Uinv)^T
+    xgemm(Trans, Trans, d, m, d, 1, Uinv, d, H, d, 0, Xt, m)
+    for c in range(d):
+        for i in range(m):
+            Zt[c * m + i] = <floating>(2.0 * lr * gq[i]) * Xt[c * m + i]
+    xgetrs(NoTrans, m, d, Kmat, m, ipiv, Zt, m)
+    # M = G G^T (m x m) without forming G
+    xgemm(NoTrans, Trans, m, m, d, 1, HQ, d, H, d, 0, M, m)
+    for i in range(m):
+        for j in range(m):
+            M[i * m + j] = <floating>(
+                4.0 * gq[i] * gq[j] * M[i * m + j]
+                + 2.0 * gq[i] * T[i * m + j] + 2.0 * gq[j] * T[j * m + i])
+            if keep_s:
+                M[i * m + j] += <floating>(
+                    Dn * gs[i] * gs[j] + 2.0 * gq[i] * s[i] * gs[j]
+                    + 2.0 * gs[i] * s[j] * gq[j] + gs[i] * ysum[j]
+                    + ysum[i] * gs[j])
+    csr_gram_add(m, indptr, indices, ga, M)
+    # P = grad_H - lr/2 M H, so that Q' = Q - lr (P^T H + H^T P)
+    memcpy(P, grad_out, md * sizeof(floating))
+    xgemm(NoTrans, NoTrans, m, d, m, <floating>(-0.5 * lr), M, m, H, d, 1, P, d)
+    # Hg = diag(2 gq) H
+    for i in range(m):
+        for c in range(d):
+            Hg[i * d + c] = <floating>(2.0 * gq[i]) * H[i * d + c]
+
+    # ---- the update
+    # U' = U - lr (U H^T) (diag(2 gq) H)
+    xgemm(Trans, NoTrans, d, d, m, <floating>(-lr), HU, d, Hg, d, 1, U, d)
+    # Uinv' = Uinv + H^T Z   (Woodbury)
+    xgemm(Trans, Trans, d, d, m, 1, H, d, Zt, m, 1, Uinv, d)
+    # (H Uinv')^T = Xt + Zt (H H^T), stored in Xt
+    xgemm(NoTrans, NoTrans, d, m, m, 1, Zt, m, HHt, m, 1, Xt, m)
+    # V' = V - lr Ydot^T (H Uinv'): rows shared by examples get both terms
+    for i in range(m):
+        for p in range(indptr[i], indptr[i + 1]):
+            fvec[0] = <floating>(-lr * ga[p])
+            scatter_axpy(V, d, indices + p, fvec, 1, d, Xt + i, m)
+    if keep_s:
+        for i in range(m):
+            fvec[i] = <floating>(2.0 * gq[i] * Ho[i] + gs[i])
+        xgemv(Trans, m, d, <floating>(-lr), H, d, fvec, 1, 1, omega, 1)
+        for i in range(m):
+            fvec[i] = <floating>(2.0 * gq[i] * s[i] + Dn * gs[i] + ysum[i])
+        xgemv(Trans, m, d, <floating>(-lr), H, d, fvec, 1, 1, wbar, 1)
+    xsyr2k(Upper, Trans, d, m, <floating>(-lr), P, d, H, d, 1, Q, d)
+    free(work); free(ysum); free(ipiv)
+    return status
+
+
+# ------------------------------------------------------ Python entry points
+cdef inline floating* _opt_ptr(floating[::1] x) noexcept nogil:
+    return &x[0] if x.shape[0] > 0 else NULL
+
+
+cdef LossSpec _make_spec(int kind, Py_ssize_t D, const double[::1] params):
+    cdef LossSpec spec
+    spec.kind = kind
+    spec.n_outputs = <double>D
+    spec.eps = params[0] if params.shape[0] > 0 else 0.0
+    spec.alpha = params[1] if params.shape[0] > 1 else 0.0
+    spec.beta = params[2] if params.shape[0] > 2 else 0.0
+    return spec
+
+
+def online_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
+                floating[:, ::1] Q, floating[::1] omega, floating[::1] wbar,
+                const floating[:, ::1] H, const int64_t[::1] indptr,
+                const int64_t[::1] indices, const floating[::1] values,
+                double lr, int loss_kind, const double[::1] loss_params,
+                double r_tol, floating[::1] loss_out,
+                floating[:, ::1] grad_out):
+    """Online mode over the m rows of H. Returns (status, bad, bad_r)."""
+    cdef LossSpec spec = _make_spec(loss_kind, V.shape[0], loss_params)
+    cdef Py_ssize_t bad = -1
+    cdef double bad_r = 0.0
+    cdef int status
+    cdef int m = <int>H.shape[0], d = <int>U.shape[0]
+    if m == 0:
+        return STATUS_OK, bad, bad_r
+    with nogil:
+        status = online_kernel(V.shape[0], d, &V[0, 0], &U[0, 0],
+                               &Uinv[0, 0], &Q[0, 0], _opt_ptr(omega),
+                               _opt_ptr(wbar), m, &H[0, 0], &indptr[0],
+                               &indices[0] if indices.shape[0] > 0 else NULL,
+                               &values[0] if values.shape[0] > 0 else NULL,
+                               lr, &spec, r_tol, &loss_out[0], &grad_out[0, 0],
+                               &bad, &bad_r)
+    return status, bad, bad_r
+
+
+def batch_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
+               floating[:, ::1] Q, floating[::1] omega, floating[::1] wbar,
+               const floating[:, ::1] H, const int64_t[::1] indptr,
+               const int64_t[::1] indices, const floating[::1] values,
+               double lr, int loss_kind, const double[::1] loss_params,
+               double r_tol, floating[::1] loss_out,
+               floating[:, ::1] grad_out):
+    """Minibatch mode: forward, built-in loss, backward with one update.
+    Returns (status, bad, bad_r); the state is untouched unless status is 0."""
+    cdef LossSpec spec = _make_spec(loss_kind, V.shape[0], loss_params)
+    cdef Py_ssize_t bad = -1, i
+    cdef double bad_r = 0.0, L
+    cdef int status = STATUS_OK
+    cdef int m = <int>H.shape[0], d = <int>U.shape[0]
+    cdef Py_ssize_t nnz = indices.shape[0]
+    if m == 0:
+        return STATUS_OK, bad, bad_r
+    cdef floating* fwork = <floating*>malloc((2 * <Py_ssize_t>m * d + 2 * nnz + 1) * sizeof(floating))
+    cdef double* dwork = <double*>malloc(5 * m * sizeof(double))
+    if fwork == NULL or dwork == NULL:
+        free(fwork); free(dwork)
+        return STATUS_NOMEM, bad, bad_r
+    cdef floating* HU = fwork
+    cdef floating* HQ = HU + <Py_ssize_t>m * d
+    cdef floating* a = HQ + <Py_ssize_t>m * d
+    cdef floating* ga = a + nnz
+    cdef double* q = dwork
+    cdef double* s = q + m
+    cdef double* Ho = s + m
+    cdef double* gq = Ho + m
+    cdef double* gs = gq + m
+    cdef const int64_t* idx = &indices[0] if nnz > 0 else NULL
+    cdef const floating* val = &values[0] if nnz > 0 else NULL
+    with nogil:
+        batch_forward(d, &V[0, 0], &U[0, 0], &Q[0, 0], _opt_ptr(omega),
+                      _opt_ptr(wbar), m, &H[0, 0], &indptr[0], idx, HU, HQ,
+                      a, q, s, Ho)
+        for i in range(m):
+            status = eval_loss(&spec, indptr[i + 1] - indptr[i],
+                               a + indptr[i], val + indptr[i], q[i], s[i],
+                               &L, ga + indptr[i], gq + i, gs + i)
+            if status != STATUS_OK:
+                bad = i
+                break
+            loss_out[i] = <floating>L
+        if status == STATUS_OK:
+            status = batch_backward(V.shape[0], d, &V[0, 0], &U[0, 0],
+                                    &Uinv[0, 0], &Q[0, 0], _opt_ptr(omega),
+                                    _opt_ptr(wbar), m, &H[0, 0], &indptr[0],
+                                    idx, ga, gq, gs, s, Ho, HU, HQ, lr, r_tol,
+                                    &grad_out[0, 0], &bad, &bad_r)
+    free(fwork); free(dwork)
+    return status, bad, bad_r
+
+
+# ------------------------------------------------- Python shims for tests
+def _py_gather_dots(const floating[:, ::1] V, const int64_t[::1] idx,
+                    const floating[::1] u, floating[::1] out):
+    gather_dots(&V[0, 0], V.shape[1], &idx[0], idx.shape[0], &u[0],
+                V.shape[1], &out[0])
+
+
+def _py_gather_combine(const floating[:, ::1] V, const int64_t[::1] idx,
+                       const floating[::1] coef, floating[::1] out):
+    gather_combine(&V[0, 0], V.shape[1], &idx[0], &coef[0], idx.shape[0],
+                   V.shape[1], &out[0])
+
+
+def _py_scatter_axpy(floating[:, ::1] V, const int64_t[::1] idx,
+                     const floating[::1] coef, const floating[::1] w,
+                     Py_ssize_t incw):
+    scatter_axpy(&V[0, 0], V.shape[1], &idx[0], &coef[0], idx.shape[0],
+                 V.shape[1], &w[0], incw)
+
+
+def _py_csr_gram_add(const int64_t[::1] indptr, const int64_t[::1] indices,
+                     const floating[::1] values, floating[:, ::1] G):
+    csr_gram_add(G.shape[0], &indptr[0], &indices[0], &values[0], &G[0, 0])

@@ -1,0 +1,68 @@
+/* See fs_sparse.h. */
+#include "fs_sparse.h"
+
+#define FS_DEFINE(T, S)                                                       \
+void fs_gather_dots_##S(const T *V, ptrdiff_t ldv, const int64_t *idx,        \
+                        ptrdiff_t n, const T *u, ptrdiff_t d, T *out)         \
+{                                                                             \
+    for (ptrdiff_t k = 0; k < n; ++k) {                                       \
+        const T *row = V + (ptrdiff_t)idx[k] * ldv;                           \
+        T acc = 0;                                                            \
+        for (ptrdiff_t c = 0; c < d; ++c)                                     \
+            acc += row[c] * u[c];                                             \
+        out[k] = acc;                                                         \
+    }                                                                         \
+}                                                                             \
+                                                                              \
+void fs_gather_combine_##S(const T *V, ptrdiff_t ldv, const int64_t *idx,     \
+                           const T *coef, ptrdiff_t n, ptrdiff_t d, T *out)   \
+{                                                                             \
+    for (ptrdiff_t c = 0; c < d; ++c)                                         \
+        out[c] = 0;                                                           \
+    for (ptrdiff_t k = 0; k < n; ++k) {                                       \
+        const T *row = V + (ptrdiff_t)idx[k] * ldv;                           \
+        const T a = coef[k];                                                  \
+        for (ptrdiff_t c = 0; c < d; ++c)                                     \
+            out[c] += a * row[c];                                             \
+    }                                                                         \
+}                                                                             \
+                                                                              \
+void fs_scatter_axpy_##S(T *V, ptrdiff_t ldv, const int64_t *idx,             \
+                         const T *coef, ptrdiff_t n, ptrdiff_t d,             \
+                         const T *w, ptrdiff_t incw)                          \
+{                                                                             \
+    for (ptrdiff_t k = 0; k < n; ++k) {                                       \
+        T *row = V + (ptrdiff_t)idx[k] * ldv;                                 \
+        const T a = coef[k];                                                  \
+        if (incw == 1) {                                                      \
+            for (ptrdiff_t c = 0; c < d; ++c)                                 \
+                row[c] += a * w[c];                                           \
+        } else {                                                              \
+            for (ptrdiff_t c = 0; c < d; ++c)                                 \
+                row[c] += a * w[c * incw];                                    \
+        }                                                                     \
+    }                                                                         \
+}                                                                             \
+                                                                              \
+void fs_csr_gram_add_##S(ptrdiff_t m, const int64_t *indptr,                 \
+                         const int64_t *indices, const T *values, T *G)      \
+{                                                                             \
+    for (ptrdiff_t i = 0; i < m; ++i) {                                       \
+        for (ptrdiff_t i2 = i; i2 < m; ++i2) {                                \
+            /* merge two sorted index lists */                                \
+            int64_t p = indptr[i], pe = indptr[i + 1];                        \
+            int64_t q = indptr[i2], qe = indptr[i2 + 1];                      \
+            T acc = 0;                                                        \
+            while (p < pe && q < qe) {                                        \
+                if (indices[p] < indices[q]) ++p;                             \
+                else if (indices[p] > indices[q]) ++q;                        \
+                else { acc += values[p] * values[q]; ++p; ++q; }              \
+            }                                                                 \
+            G[i * m + i2] += acc;                                             \
+            if (i2 != i) G[i2 * m + i] += acc;                                \
+        }                                                                     \
+    }                                                                         \
+}
+
+FS_DEFINE(float, s)
+FS_DEFINE(double, d)

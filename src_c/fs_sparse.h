@@ -1,0 +1,33 @@
+/* Small non-BLAS kernels of fastsparse: sparse gathers/scatters of the rows
+ * of V and sparse dot products.  Row-major V (n_rows x d, leading dimension
+ * ldv); row indices are int64 and are trusted (validated in Python).
+ * Each kernel exists for float (_s) and double (_d). No validation here. */
+#ifndef FS_SPARSE_H
+#define FS_SPARSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define FS_DECLARE(T, S)                                                      \
+/* out[k] = V[idx[k]] . u  for k < n */                                       \
+void fs_gather_dots_##S(const T *V, ptrdiff_t ldv, const int64_t *idx,        \
+                        ptrdiff_t n, const T *u, ptrdiff_t d, T *out);        \
+/* out = sum_k coef[k] V[idx[k]]   (out has length d, overwritten) */         \
+void fs_gather_combine_##S(const T *V, ptrdiff_t ldv, const int64_t *idx,     \
+                           const T *coef, ptrdiff_t n, ptrdiff_t d, T *out);  \
+/* V[idx[k]] += coef[k] * w  for k < n   (w read with stride incw) */         \
+void fs_scatter_axpy_##S(T *V, ptrdiff_t ldv, const int64_t *idx,             \
+                         const T *coef, ptrdiff_t n, ptrdiff_t d,             \
+                         const T *w, ptrdiff_t incw);                         \
+/* G[i, i'] += sum over shared columns of X[i, j] X[i', j] for a CSR matrix   \
+ * X (m rows, column indices sorted within each row, no duplicates);         \
+ * G is m x m row-major. */                                                   \
+void fs_csr_gram_add_##S(ptrdiff_t m, const int64_t *indptr,                 \
+                         const int64_t *indices, const T *values, T *G);
+
+FS_DECLARE(float, s)
+FS_DECLARE(double, d)
+
+#undef FS_DECLARE
+
+#endif
