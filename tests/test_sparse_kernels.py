@@ -1,0 +1,58 @@
+"""The C kernels of src_c/ (sparse gathers, scatters, Gram) against NumPy."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from fastsparse import _core
+
+DTYPES = [np.float32, np.float64]
+RTOL = {np.float32: 1e-5, np.float64: 1e-13}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_dots(rng, dtype):
+    V = rng.standard_normal((50, 7)).astype(dtype)
+    idx = np.array([3, 49, 0, 3], dtype=np.int64)
+    u = rng.standard_normal(7).astype(dtype)
+    out = np.zeros(4, dtype=dtype)
+    _core._py_gather_dots(V, idx, u, out)
+    np.testing.assert_allclose(out, V[idx] @ u, rtol=RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_combine(rng, dtype):
+    V = rng.standard_normal((50, 7)).astype(dtype)
+    idx = np.array([3, 49, 0, 3], dtype=np.int64)
+    coef = rng.standard_normal(4).astype(dtype)
+    out = np.full(7, np.nan, dtype=dtype)  # must be overwritten, not added to
+    _core._py_gather_combine(V, idx, coef, out)
+    np.testing.assert_allclose(out, coef @ V[idx], rtol=RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("incw", [1, 3])
+def test_scatter_axpy(rng, dtype, incw):
+    V = rng.standard_normal((50, 7)).astype(dtype)
+    idx = np.array([3, 49, 0, 3], dtype=np.int64)  # repeated row: both added
+    coef = rng.standard_normal(4).astype(dtype)
+    wbuf = rng.standard_normal(7 * incw).astype(dtype)
+    w = wbuf[::incw]
+    expected = V.copy()
+    for k, j in enumerate(idx):
+        expected[j] += coef[k] * w
+    _core._py_scatter_axpy(V, idx, coef, wbuf, incw)
+    np.testing.assert_allclose(V, expected, rtol=RTOL[dtype], atol=RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_gram_add(rng, dtype):
+    X = sp.random_array((6, 20), density=0.3, random_state=1, format="csr",
+                        dtype=dtype)
+    X.sum_duplicates()
+    G0 = rng.standard_normal((6, 6)).astype(dtype)
+    G = G0.copy()
+    _core._py_csr_gram_add(X.indptr.astype(np.int64), X.indices.astype(np.int64),
+                           X.data.astype(dtype), G)
+    Xd = X.toarray()
+    np.testing.assert_allclose(G, G0 + Xd @ Xd.T, rtol=RTOL[dtype],
+                               atol=RTOL[dtype])
