@@ -14,8 +14,9 @@ except ImportError as exc:  # pragma: no cover - depends on how it is run
         "or run from another directory after 'pip install .'."
     ) from exc
 
+from . import losses
 from ._factored import FactoredOutputLayer
 from ._naive import NaiveOutputLayer
 
 __version__ = "0.1.0"
-__all__ = ["FactoredOutputLayer", "NaiveOutputLayer", "__version__"]
+__all__ = ["FactoredOutputLayer", "NaiveOutputLayer", "losses", "__version__"]

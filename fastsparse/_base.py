@@ -1,16 +1,39 @@
 """The API shared by the factored and the naive output layer.
 
 Both layers validate their input here, once, before any state changes; the
-subclasses implement ``_step`` (trusted input) and the state accessors.
+subclasses implement the computations on trusted input:
+
+* ``_step(H, targets, lr, mode)`` -> (loss, grad_H)
+* ``_forward(H, indptr, indices)`` -> (a in CSR order, q, s)
+* ``_backward(H, targets_of_grad_a, grad_q, grad_s, lr)`` -> grad_H
+* ``_outputs(H, rows)``, ``weights()``, ``bias()``
 """
 import numpy as np
 
-from ._validation import (check_dtype, check_hidden, check_lr, check_mode,
-                          check_rows, check_size, parse_targets)
+from .losses import get_loss
+from ._validation import (check_dtype, check_hidden, check_index_matrix,
+                          check_lr, check_mode, check_rows, check_size,
+                          check_vector, parse_targets)
 
 # Rows of V (or W) processed at once by the chunked dense computations
 # (weights(), outputs() over all rows): bounds their temporary memory.
 _CHUNK_ROWS = 1 << 16
+
+_COMMON_PARAMS_DOC = """
+    loss : str, Loss or callable, default "squared"
+        ``"squared"``, ``"spherical_softmax"``, ``"taylor_softmax"``,
+        ``"z_loss"`` (default parameters), an instance of a class of
+        :mod:`fastsparse.losses` (e.g. ``SphericalSoftmax(eps=0.1)``), or a
+        callable ``f(a, q, s, values) -> (loss, grad_a, grad_q, grad_s)``
+        vectorised over the minibatch (minibatch mode only), see
+        :class:`fastsparse.losses.CallableLoss`.
+    bias : bool, default False
+        Add an output bias: ``o = W h + b`` (b starts at 0).
+    track_sum : bool, optional
+        Keep what s = sum(o) needs (the shift omega and the column sums of
+        W, d numbers each).  Default: only when the loss uses s (taylor,
+        z-loss, callables); :meth:`forward` returns ``s=None`` otherwise.
+"""
 
 
 def random_weights(n_outputs, n_hidden, dtype, seed, init_scale):
@@ -26,14 +49,18 @@ def random_weights(n_outputs, n_hidden, dtype, seed, init_scale):
     return W
 
 
-def check_initial_weights(W, dtype):
-    """Validate user weights for ``from_weights``; returns (W, dtype)."""
+def check_initial_weights(W, dtype, bias):
+    """Validate user weights for ``from_weights``.
+
+    Returns (W, b) as fresh C-contiguous arrays of the chosen dtype; b is
+    None without bias, zeros for ``bias=True``.
+    """
     arr = np.asarray(W)
     if dtype is None:
-        dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else None
-        if dtype is None:
+        if arr.dtype not in (np.float32, np.float64):
             raise TypeError(f"W must be a float32 or float64 array (or pass "
                             f"dtype=), got dtype {arr.dtype}")
+        dtype = arr.dtype
     dtype = check_dtype(dtype)
     if not (np.issubdtype(arr.dtype, np.floating)
             or np.issubdtype(arr.dtype, np.integer)):
@@ -45,7 +72,17 @@ def check_initial_weights(W, dtype):
     W = np.array(arr, dtype=dtype, order="C", copy=True)
     if not np.isfinite(W).all():
         raise ValueError("W contains non-finite values (NaN or Inf)")
-    return W, dtype
+    if bias is None or bias is False:
+        return W, None
+    if bias is True:
+        return W, np.zeros(W.shape[0], dtype=dtype)
+    b = np.array(bias, dtype=dtype, copy=True)
+    if b.shape != (W.shape[0],):
+        raise ValueError(f"bias must have shape (n_outputs,) = ({W.shape[0]},), "
+                         f"got {b.shape}")
+    if not np.isfinite(b).all():
+        raise ValueError("bias contains non-finite values (NaN or Inf)")
+    return W, b
 
 
 class OutputLayerBase:
@@ -54,6 +91,58 @@ class OutputLayerBase:
     n_outputs: int
     n_hidden: int
     dtype: np.dtype
+
+    # ------------------------------------------------------- construction
+    def __init__(self, n_outputs, n_hidden, *, dtype=np.float32, seed=None,
+                 init_scale=None, loss="squared", bias=False, track_sum=None):
+        dtype = check_dtype(dtype)
+        n_outputs = check_size(n_outputs, "n_outputs")
+        n_hidden = check_size(n_hidden, "n_hidden")
+        loss, track_sum = self._check_config(loss, track_sum)
+        W = random_weights(n_outputs, n_hidden, dtype, seed, init_scale)
+        b = np.zeros(n_outputs, dtype=dtype) if bias else None
+        self._setup(W, b, loss, track_sum)
+
+    @classmethod
+    def from_weights(cls, W, dtype=None, *, bias=None, loss="squared",
+                     track_sum=None):
+        """A layer whose weights are a copy of ``W``.
+
+        Parameters
+        ----------
+        W : array_like of shape (n_outputs, n_hidden)
+        dtype : {None, np.float32, np.float64}
+            Default: W's dtype (which must then be float32 or float64).
+        bias : None, bool or array_like of shape (n_outputs,)
+            An initial output bias (copied), ``True`` for zeros, or
+            None/False for no bias.
+        loss, track_sum
+            As in the constructor.
+        """
+        W, b = check_initial_weights(W, dtype, bias)
+        loss, track_sum = cls._check_config(loss, track_sum)
+        self = cls.__new__(cls)
+        self._setup(W, b, loss, track_sum)
+        return self
+
+    @staticmethod
+    def _check_config(loss, track_sum):
+        loss = get_loss(loss)
+        if track_sum is None:
+            track_sum = loss.uses_s
+        elif not isinstance(track_sum, (bool, np.bool_)):
+            raise TypeError(f"track_sum must be a bool, got {type(track_sum).__name__}")
+        elif loss.uses_s and not track_sum:
+            raise ValueError(f"the {loss.name!r} loss uses s = sum(o): "
+                             "track_sum cannot be False")
+        return loss, bool(track_sum)
+
+    def _setup(self, W, b, loss, track_sum):
+        self.n_outputs, self.n_hidden = W.shape
+        self.dtype = W.dtype
+        self.loss = loss
+        self.has_bias = b is not None
+        self.track_sum = track_sum
 
     # ------------------------------------------------------------------ API
     def step(self, H, targets, lr, *, mode="batch"):
@@ -79,7 +168,7 @@ class OutputLayerBase:
             ``"batch"``: every example sees the current weights and one
             update with the summed gradient is applied.  ``"online"``: one
             exact update per example, in order; example i sees the weights
-            left by examples 0..i-1.
+            left by examples 0..i-1 (not available with a callable loss).
 
         Returns
         -------
@@ -96,6 +185,11 @@ class OutputLayerBase:
         H, tg = self._check_inputs(H, targets)
         lr = check_lr(lr)
         mode = check_mode(mode)
+        if mode == "online" and not self.loss.online:
+            raise ValueError(f"mode='online' is not available with the "
+                             f"{self.loss.name!r} loss; use mode='batch'")
+        if H.shape[0] == 0:
+            return self._empty_result(0)
         return self._step(H, tg, lr, mode)
 
     def loss_and_grad(self, H, targets):
@@ -104,10 +198,107 @@ class OutputLayerBase:
         Same arguments and results as :meth:`step` without ``lr``/``mode``.
         """
         H, tg = self._check_inputs(H, targets)
+        if H.shape[0] == 0:
+            return self._empty_result(0)
         return self._step(H, tg, 0.0, "batch")
 
+    def forward(self, H, indices):
+        """The statistics every loss of the spherical family is made of.
+
+        Parameters
+        ----------
+        H : array_like of shape (m, n_hidden)
+        indices : int array of shape (m, K)
+            Output indices per example.
+
+        Returns
+        -------
+        a : ndarray of shape (m, K)
+            Outputs at ``indices``.
+        q : ndarray of shape (m,)
+            Squared norms ``||o||^2`` of the outputs.
+        s : ndarray of shape (m,) or None
+            Sums of the outputs; None when the layer does not track sums
+            (``track_sum=False``).
+        """
+        H = check_hidden(H, self.n_hidden, self.dtype)
+        idx = check_index_matrix(indices, H.shape[0], self.n_outputs)
+        m, K = idx.shape
+        indptr = np.arange(0, m * K + 1, K, dtype=np.int64) if K else \
+            np.zeros(m + 1, dtype=np.int64)
+        a, q, s = self._forward(H, indptr, idx.ravel())
+        return (a.reshape(m, K), q.astype(self.dtype),
+                s.astype(self.dtype) if self.track_sum else None)
+
+    def backward(self, H, indices, grad_a, grad_q, grad_s, lr):
+        """dL/dH for any loss of (a, q, s), and the exact minibatch update.
+
+        With the gradients of a loss with respect to the statistics returned
+        by :meth:`forward` (at the current weights), returns dL/dH and
+        applies one SGD step with learning rate ``lr`` for the summed
+        gradient, exactly as :meth:`step` in ``mode="batch"`` would for a
+        built-in loss.  ``lr=0`` only computes dL/dH.
+
+        Parameters
+        ----------
+        H : array_like of shape (m, n_hidden)
+        indices : int array of shape (m, K)
+        grad_a : array_like of shape (m, K)
+            dL/da; entries of duplicate indices in one example are summed.
+        grad_q : array_like of shape (m,)
+        grad_s : array_like of shape (m,) or None
+            None means zeros; non-zero values need ``track_sum``.
+        lr : float
+
+        Returns
+        -------
+        grad_H : ndarray of shape (m, n_hidden)
+        """
+        H = check_hidden(H, self.n_hidden, self.dtype)
+        m = H.shape[0]
+        tg = parse_targets((indices, grad_a), m, self.n_outputs, self.dtype,
+                           names=("indices", "grad_a"))
+        gq = check_vector(grad_q, m, "grad_q")
+        gs = np.zeros(m) if grad_s is None else check_vector(grad_s, m, "grad_s")
+        if gs.any() and not self.track_sum:
+            raise ValueError("grad_s is non-zero but the layer does not track "
+                             "s = sum(o): build it with track_sum=True")
+        lr = check_lr(lr)
+        if m == 0:
+            return self._empty_result(0)[1]
+        return self._backward(H, tg, gq, gs, lr)
+
+    def predict_proba(self, H, rows=None):
+        """Probabilities of the chosen outputs, for softmax-like losses.
+
+        Normalised exactly by the O(d^2) denominators (``q + D eps`` for the
+        spherical softmax, ``D + s + q/2`` for the Taylor softmax): only the
+        requested rows are computed.
+
+        Parameters
+        ----------
+        H : array_like of shape (m, n_hidden)
+        rows : int array of shape (n_rows,), optional
+            Output indices; all D when omitted (O(m D d)).
+
+        Returns
+        -------
+        ndarray of shape (m, n_rows) or (m, n_outputs)
+        """
+        H = check_hidden(H, self.n_hidden, self.dtype)
+        if rows is not None:
+            rows = check_rows(rows, self.n_outputs)
+        if not self.loss.has_proba:
+            raise TypeError(f"the {self.loss.name!r} loss defines no "
+                            "probabilities; predict_proba needs "
+                            "'spherical_softmax' or 'taylor_softmax'")
+        empty = np.zeros(0, dtype=np.int64)
+        _, q, s = self._forward(H, np.zeros(H.shape[0] + 1, dtype=np.int64), empty)
+        o = self._outputs(H, rows).astype(np.float64)
+        return self.loss.proba(o, q, s, self.n_outputs).astype(self.dtype)
+
     def outputs(self, H, rows=None):
-        """Outputs ``o = W h`` for the given output rows.
+        """Outputs ``o = W h (+ b)`` for the given output rows.
 
         Parameters
         ----------
@@ -130,6 +321,7 @@ class OutputLayerBase:
     def _check_inputs(self, H, targets):
         H = check_hidden(H, self.n_hidden, self.dtype)
         tg = parse_targets(targets, H.shape[0], self.n_outputs, self.dtype)
+        self.loss.check_targets(tg)
         return H, tg
 
     def _empty_result(self, m):
@@ -137,5 +329,7 @@ class OutputLayerBase:
                 np.zeros((m, self.n_hidden), dtype=self.dtype))
 
     def __repr__(self):
+        extra = f", loss={self.loss!r}" if self.loss.name != "squared" else ""
+        extra += ", bias=True" if self.has_bias else ""
         return (f"{type(self).__name__}(n_outputs={self.n_outputs}, "
-                f"n_hidden={self.n_hidden}, dtype={self.dtype.name})")
+                f"n_hidden={self.n_hidden}, dtype={self.dtype.name}{extra})")

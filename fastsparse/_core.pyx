@@ -19,7 +19,7 @@ loss value or gradient is not finite (example ``bad``); STATUS_NOMEM.
 """
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
-from libc.math cimport fabs, isfinite
+from libc.math cimport fabs, isfinite, log, log1p, exp, sqrt
 from libc.stdint cimport int64_t
 
 from fastsparse._blas cimport (
@@ -52,7 +52,11 @@ cpdef enum Status:
     STATUS_NOMEM = 4
 
 cpdef enum LossKind:
+    # ids shared with fastsparse/losses.py
     LOSS_SQUARED = 0
+    LOSS_SPHERICAL = 1
+    LOSS_TAYLOR = 2
+    LOSS_ZLOSS = 3
 
 cdef struct LossSpec:
     int kind
@@ -108,7 +112,10 @@ cdef int eval_loss(const LossSpec* spec, Py_ssize_t K, const floating* a,
     """(L, dL/da, dL/dq, dL/ds) of one example; returns STATUS_LOSS when the
     result is not finite."""
     cdef Py_ssize_t k
-    cdef double ya = 0.0, yy = 0.0
+    cdef double ya = 0.0, yy = 0.0, Y = 0.0, Z, f, mu, var, sigma, z, x, dz
+    cdef double D = spec.n_outputs
+    for k in range(K):
+        Y += y[k]
     if spec.kind == LOSS_SQUARED:
         # L = ||o - y||^2 = q - 2 y.a + ||y||^2
         for k in range(K):
@@ -118,6 +125,48 @@ cdef int eval_loss(const LossSpec* spec, Py_ssize_t K, const floating* a,
         L[0] = q - 2.0 * ya + yy
         gq[0] = 1.0
         gs[0] = 0.0
+    elif spec.kind == LOSS_SPHERICAL:
+        # L = -sum y log(a^2 + eps) + Y log(q + D eps)
+        Z = q + D * spec.eps
+        L[0] = Y * log(Z)
+        for k in range(K):
+            f = <double>a[k] * a[k] + spec.eps
+            L[0] -= y[k] * log(f)
+            ga[k] = <floating>(-2.0 * y[k] * a[k] / f)
+        gq[0] = Y / Z
+        gs[0] = 0.0
+    elif spec.kind == LOSS_TAYLOR:
+        # L = -sum y log f(a) + Y log(D + s + q/2),  f(o) = 1 + o + o^2/2
+        Z = D + s + 0.5 * q
+        L[0] = Y * log(Z)
+        for k in range(K):
+            f = 1.0 + a[k] + 0.5 * a[k] * a[k]
+            L[0] -= y[k] * log(f)
+            ga[k] = <floating>(-y[k] * (1.0 + a[k]) / f)
+        gq[0] = Y / (2.0 * Z)
+        gs[0] = Y / Z
+    elif spec.kind == LOSS_ZLOSS:
+        # z = (a - s/D) / sigma, L = y softplus(alpha (beta - z)) / alpha
+        if K != 1:
+            return STATUS_LOSS
+        mu = s / D
+        var = q / D - mu * mu
+        if not var > 0:
+            return STATUS_LOSS
+        sigma = sqrt(var)
+        z = (a[0] - mu) / sigma
+        x = spec.alpha * (spec.beta - z)
+        if x > 0:  # softplus(x) and sigmoid(x), without overflow
+            L[0] = y[0] * (x + log1p(exp(-x))) / spec.alpha
+            dz = -y[0] / (1.0 + exp(-x))
+        else:
+            L[0] = y[0] * log1p(exp(x)) / spec.alpha
+            dz = -y[0] * exp(x) / (1.0 + exp(x))
+        ga[0] = <floating>(dz / sigma)
+        gq[0] = -dz * z / (2.0 * D * var)
+        gs[0] = dz * (z * mu / sigma - 1.0) / (D * sigma)
+    else:
+        return STATUS_LOSS
     if not (isfinite(L[0]) and isfinite(gq[0]) and isfinite(gs[0])):
         return STATUS_LOSS
     for k in range(K):
@@ -406,6 +455,14 @@ cdef inline floating* _opt_ptr(floating[::1] x) noexcept nogil:
     return &x[0] if x.shape[0] > 0 else NULL
 
 
+cdef inline const int64_t* _opt_idx(const int64_t[::1] x) noexcept nogil:
+    return &x[0] if x.shape[0] > 0 else NULL
+
+
+cdef inline const floating* _opt_val(const floating[::1] x) noexcept nogil:
+    return &x[0] if x.shape[0] > 0 else NULL
+
+
 cdef LossSpec _make_spec(int kind, Py_ssize_t D, const double[::1] params):
     cdef LossSpec spec
     spec.kind = kind
@@ -435,11 +492,61 @@ def online_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
         status = online_kernel(V.shape[0], d, &V[0, 0], &U[0, 0],
                                &Uinv[0, 0], &Q[0, 0], _opt_ptr(omega),
                                _opt_ptr(wbar), m, &H[0, 0], &indptr[0],
-                               &indices[0] if indices.shape[0] > 0 else NULL,
-                               &values[0] if values.shape[0] > 0 else NULL,
+                               _opt_idx(indices), _opt_val(values),
                                lr, &spec, r_tol, &loss_out[0], &grad_out[0, 0],
                                &bad, &bad_r)
     return status, bad, bad_r
+
+
+cdef int batch_run(Py_ssize_t D, int d, floating* V, floating* U,
+                   floating* Uinv, floating* Q, floating* omega,
+                   floating* wbar, int m, const floating* H,
+                   const int64_t* indptr, const int64_t* indices,
+                   const floating* values, const LossSpec* spec,
+                   const floating* ga_in, const double* gq_in,
+                   const double* gs_in, double lr, double r_tol,
+                   floating* loss_out, floating* grad_out, Py_ssize_t* bad,
+                   double* bad_r) noexcept nogil:
+    """Minibatch mode: forward, then either the built-in loss of ``spec``
+    (ga_in == NULL) or the given gradients, then backward with one update."""
+    cdef Py_ssize_t nnz = indptr[m], md = <Py_ssize_t>m * d, i
+    cdef double L
+    cdef int status = STATUS_OK
+    cdef floating* fwork = <floating*>malloc((2 * md + 2 * nnz + 1) * sizeof(floating))
+    cdef double* dwork = <double*>malloc(5 * m * sizeof(double))
+    if fwork == NULL or dwork == NULL:
+        free(fwork); free(dwork)
+        return STATUS_NOMEM
+    cdef floating* HU = fwork
+    cdef floating* HQ = HU + md
+    cdef floating* a = HQ + md
+    cdef floating* ga = a + nnz
+    cdef double* q = dwork
+    cdef double* s = q + m
+    cdef double* Ho = s + m
+    cdef double* gq = Ho + m
+    cdef double* gs = gq + m
+    batch_forward(d, V, U, Q, omega, wbar, m, H, indptr, indices, HU, HQ, a,
+                  q, s, Ho)
+    if ga_in == NULL:
+        for i in range(m):
+            status = eval_loss(spec, indptr[i + 1] - indptr[i], a + indptr[i],
+                               values + indptr[i], q[i], s[i], &L,
+                               ga + indptr[i], gq + i, gs + i)
+            if status != STATUS_OK:
+                bad[0] = i
+                break
+            loss_out[i] = <floating>L
+    else:
+        memcpy(ga, ga_in, nnz * sizeof(floating))
+        memcpy(gq, gq_in, m * sizeof(double))
+        memcpy(gs, gs_in, m * sizeof(double))
+    if status == STATUS_OK:
+        status = batch_backward(D, d, V, U, Uinv, Q, omega, wbar, m, H,
+                                indptr, indices, ga, gq, gs, s, Ho, HU, HQ,
+                                lr, r_tol, grad_out, bad, bad_r)
+    free(fwork); free(dwork)
+    return status
 
 
 def batch_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
@@ -449,55 +556,90 @@ def batch_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
                double lr, int loss_kind, const double[::1] loss_params,
                double r_tol, floating[::1] loss_out,
                floating[:, ::1] grad_out):
-    """Minibatch mode: forward, built-in loss, backward with one update.
-    Returns (status, bad, bad_r); the state is untouched unless status is 0."""
+    """Minibatch mode with a built-in loss.  Returns (status, bad, bad_r);
+    the state is untouched unless status is 0."""
     cdef LossSpec spec = _make_spec(loss_kind, V.shape[0], loss_params)
-    cdef Py_ssize_t bad = -1, i
-    cdef double bad_r = 0.0, L
-    cdef int status = STATUS_OK
-    cdef int m = <int>H.shape[0], d = <int>U.shape[0]
-    cdef Py_ssize_t nnz = indices.shape[0]
+    cdef Py_ssize_t bad = -1
+    cdef double bad_r = 0.0
+    cdef int status
+    cdef int m = <int>H.shape[0]
     if m == 0:
         return STATUS_OK, bad, bad_r
-    cdef floating* fwork = <floating*>malloc((2 * <Py_ssize_t>m * d + 2 * nnz + 1) * sizeof(floating))
-    cdef double* dwork = <double*>malloc(5 * m * sizeof(double))
-    if fwork == NULL or dwork == NULL:
-        free(fwork); free(dwork)
-        return STATUS_NOMEM, bad, bad_r
-    cdef floating* HU = fwork
-    cdef floating* HQ = HU + <Py_ssize_t>m * d
-    cdef floating* a = HQ + <Py_ssize_t>m * d
-    cdef floating* ga = a + nnz
-    cdef double* q = dwork
-    cdef double* s = q + m
-    cdef double* Ho = s + m
-    cdef double* gq = Ho + m
-    cdef double* gs = gq + m
-    cdef const int64_t* idx = &indices[0] if nnz > 0 else NULL
-    cdef const floating* val = &values[0] if nnz > 0 else NULL
     with nogil:
-        batch_forward(d, &V[0, 0], &U[0, 0], &Q[0, 0], _opt_ptr(omega),
-                      _opt_ptr(wbar), m, &H[0, 0], &indptr[0], idx, HU, HQ,
-                      a, q, s, Ho)
-        for i in range(m):
-            status = eval_loss(&spec, indptr[i + 1] - indptr[i],
-                               a + indptr[i], val + indptr[i], q[i], s[i],
-                               &L, ga + indptr[i], gq + i, gs + i)
-            if status != STATUS_OK:
-                bad = i
-                break
-            loss_out[i] = <floating>L
-        if status == STATUS_OK:
-            status = batch_backward(V.shape[0], d, &V[0, 0], &U[0, 0],
-                                    &Uinv[0, 0], &Q[0, 0], _opt_ptr(omega),
-                                    _opt_ptr(wbar), m, &H[0, 0], &indptr[0],
-                                    idx, ga, gq, gs, s, Ho, HU, HQ, lr, r_tol,
-                                    &grad_out[0, 0], &bad, &bad_r)
-    free(fwork); free(dwork)
+        status = batch_run(V.shape[0], <int>U.shape[0], &V[0, 0], &U[0, 0],
+                           &Uinv[0, 0], &Q[0, 0], _opt_ptr(omega),
+                           _opt_ptr(wbar), m, &H[0, 0], &indptr[0],
+                           _opt_idx(indices), _opt_val(values), &spec,
+                           NULL, NULL, NULL, lr, r_tol, &loss_out[0],
+                           &grad_out[0, 0], &bad, &bad_r)
     return status, bad, bad_r
 
 
+def backward(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
+             floating[:, ::1] Q, floating[::1] omega, floating[::1] wbar,
+             const floating[:, ::1] H, const int64_t[::1] indptr,
+             const int64_t[::1] indices, const floating[::1] grad_a,
+             const double[::1] grad_q, const double[::1] grad_s, double lr,
+             double r_tol, floating[:, ::1] grad_out):
+    """grad_H for given (dL/da, dL/dq, dL/ds) and, if lr > 0, one exact
+    minibatch update.  Returns (status, bad, bad_r) like batch_step."""
+    cdef LossSpec spec = _make_spec(0, V.shape[0], grad_q[:0])
+    cdef Py_ssize_t bad = -1
+    cdef double bad_r = 0.0
+    cdef int status
+    cdef int m = <int>H.shape[0]
+    if m == 0:
+        return STATUS_OK, bad, bad_r
+    cdef floating dummy = 0
+    with nogil:
+        status = batch_run(V.shape[0], <int>U.shape[0], &V[0, 0], &U[0, 0],
+                           &Uinv[0, 0], &Q[0, 0], _opt_ptr(omega),
+                           _opt_ptr(wbar), m, &H[0, 0], &indptr[0],
+                           _opt_idx(indices), NULL, &spec,
+                           _opt_val(grad_a) if grad_a.shape[0] else &dummy,
+                           &grad_q[0], &grad_s[0], lr, r_tol, NULL,
+                           &grad_out[0, 0], &bad, &bad_r)
+    return status, bad, bad_r
+
+
+def forward(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Q,
+            floating[::1] omega, floating[::1] wbar, const floating[:, ::1] H,
+            const int64_t[::1] indptr, const int64_t[::1] indices,
+            floating[::1] a_out, double[::1] q_out, double[::1] s_out):
+    """a (outputs at ``indices``, CSR order), q and s (s = 0 when omega and
+    wbar are not kept) at the current state."""
+    cdef int m = <int>H.shape[0], d = <int>U.shape[0]
+    if m == 0:
+        return
+    cdef Py_ssize_t md = <Py_ssize_t>m * d
+    cdef floating* work = <floating*>malloc((2 * md + indices.shape[0] + 1) * sizeof(floating))
+    cdef double* Ho = <double*>malloc(m * sizeof(double))
+    if work == NULL or Ho == NULL:
+        free(work); free(Ho)
+        raise MemoryError()
+    with nogil:
+        batch_forward(d, &V[0, 0], &U[0, 0], &Q[0, 0], _opt_ptr(omega),
+                      _opt_ptr(wbar), m, &H[0, 0], &indptr[0],
+                      _opt_idx(indices), work, work + md, work + 2 * md,
+                      &q_out[0], &s_out[0], Ho)
+    if a_out.shape[0]:
+        memcpy(&a_out[0], work + 2 * md, a_out.shape[0] * sizeof(floating))
+    free(work); free(Ho)
+
+
 # ------------------------------------------------- Python shims for tests
+def _py_eval_loss(int kind, Py_ssize_t n_outputs, const double[::1] params,
+                  const floating[::1] a, const floating[::1] y, double q,
+                  double s, floating[::1] ga):
+    """The compiled loss of one example: returns (status, L, gq, gs) and
+    writes dL/da into ``ga``."""
+    cdef LossSpec spec = _make_spec(kind, n_outputs, params)
+    cdef double L = 0.0, gq = 0.0, gs = 0.0
+    cdef int status = eval_loss(&spec, a.shape[0], _opt_val(a), _opt_val(y),
+                                q, s, &L, _opt_ptr(ga), &gq, &gs)
+    return status, L, gq, gs
+
+
 def _py_gather_dots(const floating[:, ::1] V, const int64_t[::1] idx,
                     const floating[::1] u, floating[::1] out):
     gather_dots(&V[0, 0], V.shape[1], &idx[0], idx.shape[0], &u[0],

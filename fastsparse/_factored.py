@@ -2,27 +2,25 @@
 import numpy as np
 
 from . import _core
-from ._base import (OutputLayerBase, _CHUNK_ROWS, check_initial_weights,
-                    random_weights)
-from ._validation import check_dtype, check_size
+from ._base import _CHUNK_ROWS, _COMMON_PARAMS_DOC, OutputLayerBase
+from .losses import SquaredError
 
 _S = _core.Status
-_EMPTY_PARAMS = np.zeros(0, dtype=np.float64)
 
 
 class FactoredOutputLayer(OutputLayerBase):
-    """Output layer ``o = W h`` with very large D, trained exactly in O(d^2).
+    __doc__ = """Output layer ``o = W h`` with very large D, trained exactly in O(d^2).
 
     Implements Vincent, de Brebisson and Bouthillier (NIPS 2015): the
-    weights are kept factored as ``W = V U`` with ``V`` (D x d) and ``U``
-    (d x d), together with ``U^{-1}`` and ``Q = W^T W``.  An SGD step with a
-    K-sparse target then costs O(d^2 + K d) instead of O(D d): it updates U
-    and its inverse by a rank-one (online) or rank-m (minibatch, Woodbury)
-    correction, Q by a symmetric rank-two update and only the K target rows
-    of V.  The losses, gradients and weights are those of the naive dense
-    layer (:class:`fastsparse.NaiveOutputLayer`) to floating-point rounding.
-
-    Loss: squared error ``L = ||W h - y||^2`` per example.
+    weights are kept factored as ``W = V U + 1 omega^T`` with ``V`` (D x d)
+    and ``U`` (d x d), together with ``U^{-1}`` and ``Q = W^T W``.  An SGD
+    step with a K-sparse target then costs O(d^2 + K d) instead of O(D d):
+    it updates U and its inverse by a rank-one (online) or rank-m
+    (minibatch, Woodbury) correction, Q by a symmetric rank-two update and
+    only the K target rows of V.  Every loss of the spherical family (a
+    function of the target outputs, ||o||^2 and sum(o)) is exact.  The
+    losses, gradients and weights are those of the naive dense layer
+    (:class:`fastsparse.NaiveOutputLayer`) to floating-point rounding.
 
     Parameters
     ----------
@@ -37,71 +35,44 @@ class FactoredOutputLayer(OutputLayerBase):
         built with the same arguments starts from the same weights.
     init_scale : float, optional
         Standard deviation of the initial weights, default 1/sqrt(n_hidden).
-
+    """ + _COMMON_PARAMS_DOC + """
     Attributes
     ----------
     n_outputs, n_hidden : int
     dtype : numpy.dtype
+    loss : fastsparse.losses.Loss
+    has_bias, track_sum : bool
     min_abs_r : float
-        A step whose ``r = 1 - 2 lr ||h||^2`` (the factor by which it scales
-        U along h) has ``|r| < min_abs_r`` is refused: U would become
+        A step whose ``r = 1 - 2 lr dL/dq ||h||^2`` (the factor by which it
+        scales U along h) has ``|r| < min_abs_r`` is refused: U would become
         (nearly) singular.  Default 1e-3.
 
     Notes
     -----
     Building the layer costs one O(D d^2) pass (Q = W^T W); so do
     :meth:`weights` and :meth:`outputs` over all rows.  A step never does.
+    A bias is handled as one more input fixed to 1 (one more column of W).
     """
 
     min_abs_r = 1e-3
 
-    def __init__(self, n_outputs, n_hidden, *, dtype=np.float32, seed=None,
-                 init_scale=None):
-        dtype = check_dtype(dtype)
-        n_outputs = check_size(n_outputs, "n_outputs")
-        n_hidden = check_size(n_hidden, "n_hidden")
-        self._init(random_weights(n_outputs, n_hidden, dtype, seed, init_scale))
-
-    @classmethod
-    def from_weights(cls, W, dtype=None):
-        """A layer whose weights are a copy of ``W``.
-
-        Parameters
-        ----------
-        W : array_like of shape (n_outputs, n_hidden)
-        dtype : {None, np.float32, np.float64}
-            Default: W's dtype (which must then be float32 or float64).
-
-        Returns
-        -------
-        FactoredOutputLayer
-            With ``V = W`` (copied), ``U = I``.
-        """
-        W, _ = check_initial_weights(W, dtype)
-        self = cls.__new__(cls)
-        self._init(W)
-        return self
-
-    def _init(self, V):
-        self.n_outputs, self.n_hidden = V.shape
-        self.dtype = V.dtype
-        d = self.n_hidden
+    def _setup(self, W, b, loss, track_sum):
+        super()._setup(W, b, loss, track_sum)
+        V = W if b is None else np.ascontiguousarray(np.column_stack([W, b]))
+        d = V.shape[1]
         self._V = V
         self._U = np.eye(d, dtype=self.dtype)
         self._Uinv = np.eye(d, dtype=self.dtype)
         self._Q = _gram(V)
-        # omega and wbar are only kept by losses that use s = sum(o)
-        self._omega = np.zeros(0, dtype=self.dtype)
-        self._wbar = np.zeros(0, dtype=self.dtype)
-        self._loss_kind = int(_core.LossKind.LOSS_SQUARED)
+        # omega and wbar (the column sums of W) only when s is tracked
+        self._omega = np.zeros(d if track_sum else 0, dtype=self.dtype)
+        self._wbar = (_column_sums(V) if track_sum
+                      else np.zeros(0, dtype=self.dtype))
+        self._params = self.loss.params
 
     # -------------------------------------------------------------- state
-    def weights(self):
-        """The dense weights ``W = V U``, shape (n_outputs, n_hidden).
-
-        Costs O(D d^2) (computed in chunks of rows); meant for checks and
-        export, not for the training loop.
-        """
+    def _dense(self):
+        """W (with the bias as its last column), in chunks of rows."""
         W = np.empty_like(self._V)
         for start in range(0, self.n_outputs, _CHUNK_ROWS):
             sl = slice(start, start + _CHUNK_ROWS)
@@ -110,7 +81,36 @@ class FactoredOutputLayer(OutputLayerBase):
             W += self._omega
         return W
 
+    def weights(self):
+        """The dense weights ``W = V U``, shape (n_outputs, n_hidden).
+
+        Costs O(D d^2) (computed in chunks of rows); meant for checks and
+        export, not for the training loop.
+        """
+        W = self._dense()
+        return np.ascontiguousarray(W[:, :self.n_hidden]) if self.has_bias else W
+
+    def bias(self):
+        """The output bias b, shape (n_outputs,), or None without bias.
+
+        Costs O(D d).
+        """
+        if not self.has_bias:
+            return None
+        b = self._V @ self._U[:, -1]
+        if self._omega.size:
+            b += self._omega[-1]
+        return b
+
+    def _augment(self, H):
+        """H with the constant input of the bias appended."""
+        if not self.has_bias:
+            return H
+        return np.ascontiguousarray(
+            np.column_stack([H, np.ones(H.shape[0], dtype=self.dtype)]))
+
     def _outputs(self, H, rows):
+        H = self._augment(H)
         HU = H @ self._U.T                       # rows of (U h)^T
         shift = (H @ self._omega)[:, None] if self._omega.size else 0
         if rows is not None:
@@ -122,41 +122,108 @@ class FactoredOutputLayer(OutputLayerBase):
         out += shift
         return out
 
-    # --------------------------------------------------------------- step
+    # ------------------------------------------------------------ compute
+    def _state(self):
+        return (self._V, self._U, self._Uinv, self._Q, self._omega, self._wbar)
+
+    def _forward(self, H, indptr, indices):
+        Ha = self._augment(H)
+        m = Ha.shape[0]
+        a = np.empty(indices.shape[0], dtype=self.dtype)
+        q = np.empty(m)
+        s = np.empty(m)
+        if m:
+            _core.forward(self._V, self._U, self._Q, self._omega, self._wbar,
+                          Ha, indptr, indices, a, q, s)
+        return a, q, s
+
     def _step(self, H, tg, lr, mode):
         m = H.shape[0]
-        loss, grad = self._empty_result(m)
-        if m == 0:
-            return loss, grad
-        if lr > 0:
-            self._check_r(H, lr)
+        Ha = self._augment(H)
+        grad = np.empty(Ha.shape, dtype=self.dtype)
+        if self.loss.kind is None:           # a callable: minibatch only
+            a, q, s = self._forward(H, tg.indptr, tg.indices)
+            K = tg.indices.shape[0] // m
+            L, ga, gq, gs = self.loss(a.reshape(m, K).astype(np.float64), q, s,
+                                      tg.values.reshape(m, K).astype(np.float64))
+            self._run(_core.backward, Ha, (tg.indptr, tg.indices,
+                      ga.ravel().astype(self.dtype), gq, gs, lr), (grad,))
+            return L.astype(self.dtype), self._strip(grad)
+        loss = np.empty(m, dtype=self.dtype)
+        snapshot = None
+        if lr > 0 and not self._provably_safe(Ha, tg, lr) and mode == "online":
+            # a later example could still be refused: keep what the call may
+            # touch, so that a refused call changes nothing
+            snapshot = self._snapshot(tg)
         kernel = _core.online_step if mode == "online" else _core.batch_step
-        status, bad, bad_r = kernel(
-            self._V, self._U, self._Uinv, self._Q, self._omega, self._wbar,
-            H, tg.indptr, tg.indices, tg.values, lr, self._loss_kind,
-            _EMPTY_PARAMS, self.min_abs_r, loss, grad)
+        self._run(kernel, Ha, (tg.indptr, tg.indices, tg.values, lr,
+                               self.loss.kind, self._params), (loss, grad),
+                  snapshot)
+        return loss, self._strip(grad)
+
+    def _backward(self, H, tg, gq, gs, lr):
+        Ha = self._augment(H)
+        grad = np.empty(Ha.shape, dtype=self.dtype)
+        self._run(_core.backward, Ha,
+                  (tg.indptr, tg.indices, tg.values, gq, gs, lr), (grad,))
+        return self._strip(grad)
+
+    def _strip(self, grad):
+        """dL/dH without the bias' constant input."""
+        return np.ascontiguousarray(grad[:, :self.n_hidden]) if self.has_bias else grad
+
+    def _run(self, kernel, Ha, inputs, outputs, snapshot=None):
+        """Call a kernel on the state; map a failure to an exception, after
+        restoring the snapshot, if any (the batch kernels check everything
+        before their first write, so they need none)."""
+        status, bad, bad_r = kernel(*self._state(), Ha, *inputs,
+                                    self.min_abs_r, *outputs)
         if status != _S.STATUS_OK:
-            self._raise_status(status, bad, bad_r, lr, mode)
-        return loss, grad
+            if snapshot is not None:
+                self._restore(snapshot)
+            online = kernel is _core.online_step
+            self._raise_status(status, bad, bad_r, online and snapshot is None)
 
-    def _check_r(self, H, lr):
-        # Squared error: dL/dq = 1, so r = 1 - 2 lr ||h||^2 is known before
-        # the step and a refused step changes nothing, in either mode.
-        hh = np.einsum("ij,ij->i", H, H, dtype=np.float64)
-        r = 1.0 - 2.0 * lr * hh
-        small = np.flatnonzero(np.abs(r) < self.min_abs_r)
-        if small.size:
-            i = int(small[0])
-            raise ValueError(
-                f"step refused: example {i} has r = 1 - 2 lr ||h||^2 = "
-                f"{r[i]:.3g} (lr = {lr:g}, ||h||^2 = {hh[i]:.6g}), |r| < "
-                f"min_abs_r = {self.min_abs_r:g}: the update would make U "
-                f"(nearly) singular. Lower lr or rescale h. Nothing was changed.")
+    def _provably_safe(self, Ha, tg, lr):
+        """Whether no example of the call can be refused.
 
-    def _raise_status(self, status, bad, bad_r, lr, mode):
-        partial = (mode == "online" and bad > 0)
+        r = 1 - 2 lr dL/dq ||h||^2.  For squared error dL/dq = 1, so r is
+        known now: a step with |r| < min_abs_r is refused here, before
+        anything changes, in either mode.  For the other losses an upper
+        bound of dL/dq (from the targets alone) may prove r >= min_abs_r;
+        when it cannot, the online kernel checks each example.
+        """
+        bound = self.loss.gq_bound(_row_sums(tg), self.n_outputs)
+        if bound is None:
+            return False
+        hh = np.einsum("ij,ij->i", Ha, Ha, dtype=np.float64)
+        if isinstance(self.loss, SquaredError):
+            r = 1.0 - 2.0 * lr * hh
+            small = np.flatnonzero(np.abs(r) < self.min_abs_r)
+            if small.size:
+                i = int(small[0])
+                raise ValueError(
+                    f"step refused: example {i} has r = 1 - 2 lr ||h||^2 = "
+                    f"{r[i]:.3g} (lr = {lr:g}, ||h||^2 = {hh[i]:.6g}), |r| < "
+                    f"min_abs_r = {self.min_abs_r:g}: the update would make U "
+                    f"(nearly) singular. Lower lr or rescale h. Nothing was "
+                    f"changed.")
+            return True
+        return bool(np.all(1.0 - 2.0 * lr * bound * hh >= self.min_abs_r))
+
+    def _snapshot(self, tg):
+        rows = np.unique(tg.indices)
+        return rows, self._V[rows], [x.copy() for x in self._state()[1:]]
+
+    def _restore(self, snapshot):
+        rows, vrows, arrays = snapshot
+        self._V[rows] = vrows
+        for dst, src in zip(self._state()[1:], arrays):
+            dst[...] = src
+
+    def _raise_status(self, status, bad, bad_r, partial):
         tail = (f" Examples 0..{bad - 1} of this call were applied before it."
-                if partial else " Nothing was changed.")
+                if partial and bad > 0 else " Nothing was changed.")
         if status == _S.STATUS_SMALL_R:
             raise ValueError(
                 f"step refused at example {bad}: r = 1 - 2 lr dL/dq ||h||^2 = "
@@ -165,15 +232,21 @@ class FactoredOutputLayer(OutputLayerBase):
         if status == _S.STATUS_SINGULAR:
             raise ValueError(
                 "minibatch step refused: the Woodbury system "
-                "I - 2 lr diag(dL/dq) H H^T is (nearly) singular "
-                f"(lr = {lr:g}). Lower lr, use smaller minibatches or "
-                "mode='online'. Nothing was changed.")
+                "I - 2 lr diag(dL/dq) H H^T is (nearly) singular. Lower lr, "
+                "use smaller minibatches or mode='online'. Nothing was changed.")
         if status == _S.STATUS_LOSS:
             raise FloatingPointError(
-                f"the loss or its gradient is not finite at example {bad}.{tail}")
+                f"the {self.loss.name!r} loss or its gradient is not finite at "
+                f"example {bad}.{tail}")
         if status == _S.STATUS_NOMEM:
             raise MemoryError("fastsparse: could not allocate the step's workspace")
         raise RuntimeError(f"fastsparse: unexpected kernel status {status}")
+
+
+def _row_sums(tg):
+    """Sum of the target values of each example."""
+    rows = np.repeat(np.arange(tg.n_examples), np.diff(tg.indptr))
+    return np.bincount(rows, weights=tg.values, minlength=tg.n_examples)
 
 
 def _gram(V):
@@ -184,3 +257,8 @@ def _gram(V):
         Vc = V[start:start + _CHUNK_ROWS]
         Q += Vc.T @ Vc
     return Q.astype(V.dtype)
+
+
+def _column_sums(V):
+    """1^T V accumulated in float64 (then cast)."""
+    return V.sum(axis=0, dtype=np.float64).astype(V.dtype)

@@ -2,19 +2,19 @@
 import numpy as np
 from scipy.linalg import blas
 
-from ._base import (OutputLayerBase, _CHUNK_ROWS, check_initial_weights,
-                    random_weights)
-from ._validation import check_dtype, check_size
+from ._base import _COMMON_PARAMS_DOC, OutputLayerBase
+from .losses import SquaredError
 
 
 class NaiveOutputLayer(OutputLayerBase):
-    """Dense output layer ``o = W h`` trained by plain SGD in O(D d).
+    __doc__ = """Dense output layer ``o = W h (+ b)`` trained by plain SGD in O(D d).
 
     Same API and meaning as :class:`fastsparse.FactoredOutputLayer`, but it
     stores W and computes all D outputs, with BLAS through NumPy/SciPy (a
     gemv/gemm for the outputs, another for the gradient and a rank-one or
     rank-m update of W in place).  It is the reference in the tests and the
-    baseline in the benchmarks.  Loss: squared error ``||W h - y||^2``.
+    baseline in the benchmarks.  The losses are evaluated on the full output
+    vector (squared error directly as ``||o - y||^2``).
 
     Parameters
     ----------
@@ -26,27 +26,12 @@ class NaiveOutputLayer(OutputLayerBase):
         arguments starts from the very same weights.
     init_scale : float, optional
         Standard deviation of the initial weights (default 1/sqrt(n_hidden)).
-    """
+    """ + _COMMON_PARAMS_DOC
 
-    def __init__(self, n_outputs, n_hidden, *, dtype=np.float32, seed=None,
-                 init_scale=None):
-        dtype = check_dtype(dtype)
-        n_outputs = check_size(n_outputs, "n_outputs")
-        n_hidden = check_size(n_hidden, "n_hidden")
-        self._init(random_weights(n_outputs, n_hidden, dtype, seed, init_scale))
-
-    @classmethod
-    def from_weights(cls, W, dtype=None):
-        """A layer whose weights are a copy of ``W`` (n_outputs, n_hidden)."""
-        W, _ = check_initial_weights(W, dtype)
-        self = cls.__new__(cls)
-        self._init(W)
-        return self
-
-    def _init(self, W):
+    def _setup(self, W, b, loss, track_sum):
+        super()._setup(W, b, loss, track_sum)
         self._W = W
-        self.n_outputs, self.n_hidden = W.shape
-        self.dtype = W.dtype
+        self._b = b
         p = "s" if self.dtype == np.float32 else "d"
         self._gemv = getattr(blas, p + "gemv")
         self._ger = getattr(blas, p + "ger")
@@ -56,47 +41,96 @@ class NaiveOutputLayer(OutputLayerBase):
         """A copy of the dense weights W, shape (n_outputs, n_hidden)."""
         return self._W.copy()
 
+    def bias(self):
+        """A copy of the output bias b (n_outputs,), or None without bias."""
+        return None if self._b is None else self._b.copy()
+
     def _outputs(self, H, rows):
         if rows is not None:
-            return H @ self._W[rows].T
-        return H @ self._W.T
+            O = H @ self._W[rows].T
+            return O + self._b[rows] if self._b is not None else O
+        O = H @ self._W.T                           # gemm
+        if self._b is not None:
+            O += self._b
+        return O
+
+    # ------------------------------------------------------------ compute
+    def _forward(self, H, indptr, indices):
+        O = self._outputs(H, None).astype(np.float64)
+        rows = np.repeat(np.arange(H.shape[0]), np.diff(indptr))
+        return (O[rows, indices].astype(self.dtype), (O * O).sum(axis=1),
+                O.sum(axis=1))
+
+    def _loss_grad(self, o, idx, y):
+        """Loss and dL/do of one example (o is overwritten by dL/do)."""
+        if isinstance(self.loss, SquaredError):
+            o[idx] -= y                              # o - y
+            L = np.dot(o, o)
+            o *= 2
+            return L, o
+        L, ga, gq, gs = self.loss.evaluate(
+            o[idx].astype(np.float64), y.astype(np.float64),
+            float(np.dot(o, o)), float(o.sum(dtype=np.float64)), self.n_outputs)
+        a_grad = ga.astype(o.dtype)
+        o *= o.dtype.type(2 * gq)
+        o += o.dtype.type(gs)
+        o[idx] += a_grad
+        return L, o
 
     def _step(self, H, tg, lr, mode):
         m = H.shape[0]
-        loss, grad = self._empty_result(m)
-        if m == 0:
-            return loss, grad
+        loss = np.empty(m, dtype=self.dtype)
+        grad = np.empty((m, self.n_hidden), dtype=self.dtype)
         if mode == "online":
             for i in range(m):
-                loss[i], grad[i] = self._online_one(H[i], tg.row(i), lr)
+                idx, y = tg.row(i)
+                o = self._outputs(H[i:i + 1], None)[0]
+                loss[i], G = self._loss_grad(o, idx, y)
+                grad[i] = self._gemv(1.0, self._W.T, G)      # W^T G
+                if lr > 0:
+                    self._update(H[i:i + 1], G[None, :], lr)
             return loss, grad
-        # batch: all examples at the current W, one summed update
-        O = self._outputs(H, None)                 # (m, D), gemm
-        G = O
-        G *= 2
-        for i in range(m):
-            idx, y = tg.row(i)
-            G[i, idx] -= 2 * y
-        loss[:] = 0.25 * np.einsum("ij,ij->i", G, G)
-        grad[:] = G @ self._W                      # gemm
+        O = self._outputs(H, None)                   # (m, D): all outputs
+        if self.loss.kind is None:                   # a callable, vectorised
+            a, q, s = self._forward(H, tg.indptr, tg.indices)
+            K = tg.indices.shape[0] // m
+            L, ga, gq, gs = self.loss(a.reshape(m, K).astype(np.float64), q, s,
+                                      tg.values.reshape(m, K).astype(np.float64))
+            loss[:] = L
+            G = self._dense_grad(O, tg, ga.ravel(), gq, gs)
+        else:
+            for i in range(m):
+                idx, y = tg.row(i)
+                loss[i], _ = self._loss_grad(O[i], idx, y)   # O[i] <- dL/do
+            G = O
+        return loss, self._apply(H, G, lr)
+
+    def _backward(self, H, tg, gq, gs, lr):
+        O = self._outputs(H, None)
+        return self._apply(H, self._dense_grad(O, tg, tg.values, gq, gs), lr)
+
+    def _dense_grad(self, O, tg, ga, gq, gs):
+        """G = 2 diag(gq) O + gs 1^T + Ydot, in place of O."""
+        O *= (2 * gq).astype(self.dtype)[:, None]
+        O += gs.astype(self.dtype)[:, None]
+        rows = np.repeat(np.arange(O.shape[0]), np.diff(tg.indptr))
+        np.add.at(O, (rows, tg.indices), np.asarray(ga, dtype=self.dtype))
+        return O
+
+    def _apply(self, H, G, lr):
+        grad = G @ self._W                           # gemm
         if lr > 0:
-            # W += -lr G^T H, in place on the Fortran view W^T (d x D):
-            # W^T += -lr H^T G   (operands passed as transposed views, no copy)
+            self._update(H, G, lr)
+        return grad
+
+    def _update(self, H, G, lr):
+        """W += -lr G^T H (and b += -lr G^T 1), in place."""
+        # W is C-ordered: BLAS gets its Fortran view W^T (D x d -> d x D),
+        # W^T += -lr H^T G, with the operands passed as transposed views.
+        if H.shape[0] == 1:
+            self._ger(-lr, H[0], G[0], a=self._W.T, overwrite_a=True)
+        else:
             self._gemm(-lr, H.T, G.T, beta=1.0, c=self._W.T, trans_b=True,
                        overwrite_c=True)
-        return loss, grad
-
-    def _online_one(self, h, target, lr):
-        idx, y = target
-        W = self._W
-        # W is C-ordered: hand f2py its Fortran view W^T (no copy) and let
-        # the trans flag pick the product.
-        g = self._gemv(1.0, W.T, h, trans=True)    # o = W h
-        g *= 2
-        g[idx] -= 2 * y                            # G = dL/do = 2 (o - y)
-        loss = 0.25 * np.dot(g, g)
-        grad = self._gemv(1.0, W.T, g)             # W^T G
-        if lr > 0:
-            # W += -lr G h^T, in place on the Fortran view W^T: W^T += -lr h G^T
-            self._ger(-lr, h, g, a=W.T, overwrite_a=True)
-        return loss, grad
+        if self._b is not None:
+            self._b -= self.dtype.type(lr) * G.sum(axis=0)

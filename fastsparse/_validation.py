@@ -120,6 +120,25 @@ def check_rows(rows, n_outputs):
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
+def check_index_matrix(indices, m, n_outputs, name="indices"):
+    """Indices of shape (m, K), integers in [0, n_outputs), as int64."""
+    idx = _as_index_array(indices, name)
+    if idx.ndim != 2 or idx.shape[0] != m:
+        raise ValueError(f"{name} must have shape (m, K) = ({m}, K), "
+                         f"got {idx.shape}")
+    _check_indices(idx, n_outputs, name)
+    return np.ascontiguousarray(idx, dtype=np.int64)
+
+
+def check_vector(x, m, name):
+    """A finite float64 vector of shape (m,)."""
+    arr = _as_float_array(x, name, np.float64)
+    if arr.shape != (m,):
+        raise ValueError(f"{name} must have shape (m,) = ({m},), got {arr.shape}")
+    _check_finite(arr, name)
+    return arr
+
+
 class Targets:
     """Sparse targets in CSR form, as the kernels take them.
 
@@ -148,14 +167,17 @@ class Targets:
         return self.indices[sl], self.values[sl]
 
 
-def parse_targets(targets, m, n_outputs, dtype):
+def parse_targets(targets, m, n_outputs, dtype, names=("targets indices",
+                                                       "targets values")):
     """Convert any accepted target format to :class:`Targets`.
 
     Accepted: an integer array of shape (m,) (one target of value 1 per
     example); a tuple ``(indices, values)`` of arrays of shape (m, K)
     (``values=None`` means ones); a scipy.sparse matrix or array of shape
     (m, n_outputs).  Duplicate indices inside one example are summed.
+    ``names`` are the argument names used in the errors of the tuple form.
     """
+    iname, vname = names
     if sp.issparse(targets):
         if targets.shape != (m, n_outputs):
             raise ValueError(f"targets: sparse matrix must have shape (m, n_outputs) "
@@ -169,17 +191,13 @@ def parse_targets(targets, m, n_outputs, dtype):
         if len(targets) != 2:
             raise ValueError("targets: a tuple must be (indices, values), got "
                              f"a tuple of length {len(targets)}")
-        idx = _as_index_array(targets[0], "targets indices")
-        if idx.ndim != 2 or idx.shape[0] != m:
-            raise ValueError(f"targets indices must have shape (m, K) = ({m}, K), "
-                             f"got {idx.shape}")
-        _check_indices(idx, n_outputs, "targets indices")
+        idx = check_index_matrix(targets[0], m, n_outputs, iname)
         if targets[1] is None:
             val = np.ones(idx.shape, dtype=dtype)
         else:
-            val = _as_float_array(targets[1], "targets values", dtype)
+            val = _as_float_array(targets[1], vname, dtype)
             if val.shape != idx.shape:
-                raise ValueError(f"targets values must have the shape of the "
+                raise ValueError(f"{vname} must have the shape of the "
                                  f"indices {idx.shape}, got {val.shape}")
         K = idx.shape[1]
         # Copies: sum_duplicates sorts in place, never the caller's arrays.
@@ -203,7 +221,7 @@ def parse_targets(targets, m, n_outputs, dtype):
                         f"{type(targets).__name__}")
     csr.sum_duplicates()  # sums duplicates and sorts indices, per row
     values = np.ascontiguousarray(csr.data, dtype=dtype)
-    _check_finite(values, "targets values")
+    _check_finite(values, vname if isinstance(targets, tuple) else "targets values")
     return Targets(np.ascontiguousarray(csr.indptr, dtype=np.int64),
                    np.ascontiguousarray(csr.indices, dtype=np.int64),
                    values)

@@ -1,0 +1,279 @@
+"""Losses of the spherical family: functions of the outputs o only through
+``a = o[targets]``, ``q = ||o||^2`` and ``s = sum(o)``.
+
+The factored layer is exact for every such loss (ALGORITHM.md, "The
+spherical family").  Built-in losses are evaluated inside the compiled core
+(so online mode stays one call without the GIL); the NumPy implementations
+here serve the naive layer, user callables and the tests.
+
+Per example, with target values ``y_k`` at indices ``j_k`` and
+``Y = sum_k y_k``:
+
+* ``"squared"``: ``L = ||o - y||^2``.
+* ``"spherical_softmax"`` (eps > 0): ``p_j = (o_j^2 + eps) / (q + D eps)``,
+  ``L = -sum_k y_k log(a_k^2 + eps) + Y log(q + D eps)``.
+* ``"taylor_softmax"``: ``f(o) = 1 + o + o^2/2``, ``p_j = f(o_j) / (D + s + q/2)``,
+  ``L = -sum_k y_k log f(a_k) + Y log(D + s + q/2)``.
+* ``"z_loss"`` (alpha, beta > 0; exactly one target per example):
+  ``mu = s/D``, ``sigma^2 = q/D - mu^2``, ``z = (a - mu)/sigma``,
+  ``L = y softplus(alpha (beta - z)) / alpha``.
+"""
+import numbers
+
+import numpy as np
+
+__all__ = ["Loss", "SquaredError", "SphericalSoftmax", "TaylorSoftmax",
+           "ZLoss", "CallableLoss", "get_loss"]
+
+# ids shared with fastsparse/_core.pyx (LossKind)
+_SQUARED, _SPHERICAL, _TAYLOR, _ZLOSS = 0, 1, 2, 3
+
+
+def _positive(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not (np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return value
+
+
+class Loss:
+    """A loss of the spherical family (base class).
+
+    Attributes
+    ----------
+    name : str
+    uses_s : bool
+        Whether the loss depends on s = sum(o); the factored layer then
+        keeps the shift omega and the column sums wbar.
+    online : bool
+        Whether it can be used in online mode.
+    has_proba : bool
+        Whether it defines output probabilities (``proba``).
+    """
+
+    name = None
+    kind = None          # id of the compiled implementation, None if none
+    uses_s = False
+    online = True
+    has_proba = False
+
+    @property
+    def params(self):
+        """Parameters passed to the compiled core, float64 (eps, alpha, beta)."""
+        return np.zeros(3)
+
+    def check_targets(self, targets):
+        """Refuse targets the loss is not defined for (before any change)."""
+
+    def gq_bound(self, ysum, n_outputs):
+        """Upper bound of dL/dq per example, from the target sums alone,
+        or None when there is none.  Used to prove that no online step can
+        make U singular before running it."""
+        return None
+
+    def evaluate(self, a, y, q, s, n_outputs):
+        """(L, dL/da, dL/dq, dL/ds) of one example (NumPy, float64)."""
+        raise NotImplementedError
+
+    def proba(self, o, q, s, n_outputs):
+        """Probabilities of outputs ``o`` (m, n) given q, s (m,)."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class SquaredError(Loss):
+    """``L = ||o - y||^2`` (the paper's case; dL/dq = 1)."""
+
+    name = "squared"
+    kind = _SQUARED
+
+    def gq_bound(self, ysum, n_outputs):
+        return np.ones_like(ysum)
+
+    def evaluate(self, a, y, q, s, n_outputs):
+        return q - 2 * (y @ a) + y @ y, -2 * y, 1.0, 0.0
+
+
+class SphericalSoftmax(Loss):
+    """Spherical softmax, ``p_j = (o_j^2 + eps) / (q + D eps)``.
+
+    Parameters
+    ----------
+    eps : float > 0, default 1e-2
+    """
+
+    name = "spherical_softmax"
+    kind = _SPHERICAL
+    has_proba = True
+
+    def __init__(self, eps=1e-2):
+        self.eps = _positive(eps, "eps")
+
+    @property
+    def params(self):
+        return np.array([self.eps, 0.0, 0.0])
+
+    def gq_bound(self, ysum, n_outputs):
+        # dL/dq = Y / (q + D eps) <= |Y| / (D eps)
+        return np.abs(ysum) / (n_outputs * self.eps)
+
+    def evaluate(self, a, y, q, s, n_outputs):
+        Z = q + n_outputs * self.eps
+        L = -(y @ np.log(a * a + self.eps)) + y.sum() * np.log(Z)
+        return L, -2 * y * a / (a * a + self.eps), y.sum() / Z, 0.0
+
+    def proba(self, o, q, s, n_outputs):
+        return (o * o + self.eps) / (q + n_outputs * self.eps)[:, None]
+
+    def __repr__(self):
+        return f"SphericalSoftmax(eps={self.eps!r})"
+
+
+class TaylorSoftmax(Loss):
+    """Second-order Taylor softmax, ``p_j = f(o_j) / sum_j f(o_j)`` with
+    ``f(o) = 1 + o + o^2/2`` (so ``sum_j f(o_j) = D + s + q/2``)."""
+
+    name = "taylor_softmax"
+    kind = _TAYLOR
+    uses_s = True
+    has_proba = True
+
+    def gq_bound(self, ysum, n_outputs):
+        # f >= 1/2, so D + s + q/2 >= D/2 and dL/dq = Y / (2 (D + s + q/2)) <= |Y| / D
+        return np.abs(ysum) / n_outputs
+
+    def evaluate(self, a, y, q, s, n_outputs):
+        f = 1 + a + 0.5 * a * a
+        Z = n_outputs + s + 0.5 * q
+        L = -(y @ np.log(f)) + y.sum() * np.log(Z)
+        return L, -y * (1 + a) / f, y.sum() / (2 * Z), y.sum() / Z
+
+    def proba(self, o, q, s, n_outputs):
+        return (1 + o + 0.5 * o * o) / (n_outputs + s + 0.5 * q)[:, None]
+
+
+class ZLoss(Loss):
+    """Z-loss (de Brebisson and Vincent, 2016): a softplus of the target
+    output's z-score among all D outputs.  Exactly one target per example;
+    its value weights the loss (1 for classification).
+
+    Parameters
+    ----------
+    alpha, beta : float > 0, default 0.1 and 10
+    """
+
+    name = "z_loss"
+    kind = _ZLOSS
+    uses_s = True
+
+    def __init__(self, alpha=0.1, beta=10.0):
+        self.alpha = _positive(alpha, "alpha")
+        self.beta = _positive(beta, "beta")
+
+    @property
+    def params(self):
+        return np.array([0.0, self.alpha, self.beta])
+
+    def check_targets(self, targets):
+        K = np.diff(targets.indptr)
+        if K.size and (K.min() != 1 or K.max() != 1):
+            i = int(np.flatnonzero(K != 1)[0])
+            raise ValueError(f"targets: the z_loss needs exactly one target per "
+                             f"example; example {i} has {int(K[i])} (after "
+                             f"merging duplicate indices)")
+
+    def evaluate(self, a, y, q, s, n_outputs):
+        D = n_outputs
+        mu = s / D
+        var = q / D - mu * mu
+        sigma = np.sqrt(var)
+        z = (a[0] - mu) / sigma
+        x = self.alpha * (self.beta - z)
+        L = y[0] * np.logaddexp(0.0, x) / self.alpha
+        dz = -y[0] / (1 + np.exp(-x))           # dL/dz = -y sigmoid(x)
+        return (L, np.array([dz / sigma]), -dz * z / (2 * D * var),
+                dz * (z * mu / sigma - 1) / (D * sigma))
+
+    def __repr__(self):
+        return f"ZLoss(alpha={self.alpha!r}, beta={self.beta!r})"
+
+
+class CallableLoss(Loss):
+    """A user loss ``f(a, q, s, values) -> (loss, grad_a, grad_q, grad_s)``.
+
+    Vectorised over the minibatch: ``a`` and ``values`` have shape (m, K)
+    (every example must have the same number K of distinct targets), ``q``
+    and ``s`` shape (m,); it returns per-example losses (m,), dL/da (m, K),
+    dL/dq (m,) and dL/ds (m,).  Minibatch mode only.
+    """
+
+    name = "callable"
+    uses_s = True
+    online = False
+
+    def __init__(self, func):
+        if not callable(func):
+            raise TypeError(f"loss must be a name, a Loss or a callable, got "
+                            f"{type(func).__name__}")
+        self.func = func
+
+    def check_targets(self, targets):
+        K = np.diff(targets.indptr)
+        if K.size and K.min() != K.max():
+            raise ValueError("targets: a callable loss needs the same number of "
+                             "distinct targets in every example (got between "
+                             f"{int(K.min())} and {int(K.max())})")
+
+    def __call__(self, a, q, s, values):
+        """Call the user function and validate what it returns."""
+        m, K = a.shape
+        out = self.func(a, q, s, values)
+        if not (isinstance(out, tuple) and len(out) == 4):
+            raise ValueError("the loss callable must return a tuple "
+                             "(loss, grad_a, grad_q, grad_s), got "
+                             f"{type(out).__name__}")
+        L, ga, gq, gs = out
+        res = []
+        for name, val, shape in (("loss", L, (m,)), ("grad_a", ga, (m, K)),
+                                 ("grad_q", gq, (m,)), ("grad_s", gs, (m,))):
+            arr = np.asarray(val, dtype=np.float64)
+            if arr.shape != shape:
+                raise ValueError(f"the loss callable returned {name} of shape "
+                                 f"{arr.shape}, expected {shape}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"the loss callable returned a non-finite "
+                                 f"{name}")
+            res.append(arr)
+        return tuple(res)
+
+    def evaluate(self, a, y, q, s, n_outputs):
+        L, ga, gq, gs = self(a[None, :], np.array([q]), np.array([s]), y[None, :])
+        return L[0], ga[0], gq[0], gs[0]
+
+    def __repr__(self):
+        return f"CallableLoss({self.func!r})"
+
+
+_BY_NAME = {"squared": SquaredError, "spherical_softmax": SphericalSoftmax,
+            "taylor_softmax": TaylorSoftmax, "z_loss": ZLoss}
+
+
+def get_loss(loss):
+    """A :class:`Loss` from a name, a Loss instance or a callable.
+
+    Names: ``"squared"``, ``"spherical_softmax"``, ``"taylor_softmax"``,
+    ``"z_loss"`` (default parameters; pass e.g. ``SphericalSoftmax(eps=...)``
+    for others).
+    """
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, str):
+        if loss not in _BY_NAME:
+            raise ValueError(f"unknown loss {loss!r}; expected one of "
+                             f"{sorted(_BY_NAME)}, a Loss or a callable")
+        return _BY_NAME[loss]()
+    return CallableLoss(loss)
