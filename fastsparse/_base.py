@@ -3,9 +3,10 @@
 Both layers validate their input here, once, before any state changes; the
 subclasses implement the computations on trusted input:
 
-* ``_step(H, targets, lr, mode)`` -> (loss, grad_H)
+* ``_step(H, targets, lr, mode, weight_decay)`` -> (loss, grad_H)
 * ``_forward(H, indptr, indices)`` -> (a in CSR order, q, s)
-* ``_backward(H, targets_of_grad_a, grad_q, grad_s, lr)`` -> grad_H
+* ``_backward(H, targets_of_grad_a, grad_q, grad_s, lr, weight_decay)``
+  -> grad_H
 * ``_outputs(H, rows)``, ``weights()``, ``bias()``
 """
 import numpy as np
@@ -13,7 +14,7 @@ import numpy as np
 from .losses import get_loss
 from ._validation import (check_dtype, check_hidden, check_index_matrix,
                           check_lr, check_mode, check_rows, check_size,
-                          check_vector, parse_targets)
+                          check_vector, check_weight_decay, parse_targets)
 
 # Rows of V (or W) processed at once by the chunked dense computations
 # (weights(), outputs() over all rows): bounds their temporary memory.
@@ -94,18 +95,19 @@ class OutputLayerBase:
 
     # ------------------------------------------------------- construction
     def __init__(self, n_outputs, n_hidden, *, dtype=np.float32, seed=None,
-                 init_scale=None, loss="squared", bias=False, track_sum=None):
+                 init_scale=None, loss="squared", bias=False, track_sum=None,
+                 **options):
         dtype = check_dtype(dtype)
         n_outputs = check_size(n_outputs, "n_outputs")
         n_hidden = check_size(n_hidden, "n_hidden")
         loss, track_sum = self._check_config(loss, track_sum)
         W = random_weights(n_outputs, n_hidden, dtype, seed, init_scale)
         b = np.zeros(n_outputs, dtype=dtype) if bias else None
-        self._setup(W, b, loss, track_sum)
+        self._setup(W, b, loss, track_sum, **options)
 
     @classmethod
     def from_weights(cls, W, dtype=None, *, bias=None, loss="squared",
-                     track_sum=None):
+                     track_sum=None, **options):
         """A layer whose weights are a copy of ``W``.
 
         Parameters
@@ -116,13 +118,13 @@ class OutputLayerBase:
         bias : None, bool or array_like of shape (n_outputs,)
             An initial output bias (copied), ``True`` for zeros, or
             None/False for no bias.
-        loss, track_sum
+        loss, track_sum, **options
             As in the constructor.
         """
         W, b = check_initial_weights(W, dtype, bias)
         loss, track_sum = cls._check_config(loss, track_sum)
         self = cls.__new__(cls)
-        self._setup(W, b, loss, track_sum)
+        self._setup(W, b, loss, track_sum, **options)
         return self
 
     @staticmethod
@@ -145,7 +147,7 @@ class OutputLayerBase:
         self.track_sum = track_sum
 
     # ------------------------------------------------------------------ API
-    def step(self, H, targets, lr, *, mode="batch"):
+    def step(self, H, targets, lr, *, mode="batch", weight_decay=0.0):
         """Compute losses and gradients, then apply one SGD step.
 
         Parameters
@@ -169,6 +171,11 @@ class OutputLayerBase:
             update with the summed gradient is applied.  ``"online"``: one
             exact update per example, in order; example i sees the weights
             left by examples 0..i-1 (not available with a callable loss).
+        weight_decay : float, default 0
+            L2 penalty ``weight_decay / 2 ||W||^2`` (W and the bias alike, as
+            ``torch.optim.SGD(weight_decay=)``): each update is
+            ``W <- (1 - lr weight_decay) W - lr dL/dW``, per example in
+            online mode.  Exact and O(d^2) in the factored layer.
 
         Returns
         -------
@@ -184,13 +191,14 @@ class OutputLayerBase:
         """
         H, tg = self._check_inputs(H, targets)
         lr = check_lr(lr)
+        wd = check_weight_decay(weight_decay, lr)
         mode = check_mode(mode)
         if mode == "online" and not self.loss.online:
             raise ValueError(f"mode='online' is not available with the "
                              f"{self.loss.name!r} loss; use mode='batch'")
         if H.shape[0] == 0:
             return self._empty_result(0)
-        return self._step(H, tg, lr, mode)
+        return self._step(H, tg, lr, mode, wd)
 
     def loss_and_grad(self, H, targets):
         """Per-example losses and dL/dH at the current weights, no update.
@@ -200,7 +208,7 @@ class OutputLayerBase:
         H, tg = self._check_inputs(H, targets)
         if H.shape[0] == 0:
             return self._empty_result(0)
-        return self._step(H, tg, 0.0, "batch")
+        return self._step(H, tg, 0.0, "batch", 0.0)
 
     def forward(self, H, indices):
         """The statistics every loss of the spherical family is made of.
@@ -230,7 +238,8 @@ class OutputLayerBase:
         return (a.reshape(m, K), q.astype(self.dtype),
                 s.astype(self.dtype) if self.track_sum else None)
 
-    def backward(self, H, indices, grad_a, grad_q, grad_s, lr):
+    def backward(self, H, indices, grad_a, grad_q, grad_s, lr, *,
+                 weight_decay=0.0):
         """dL/dH for any loss of (a, q, s), and the exact minibatch update.
 
         With the gradients of a loss with respect to the statistics returned
@@ -249,6 +258,8 @@ class OutputLayerBase:
         grad_s : array_like of shape (m,) or None
             None means zeros; non-zero values need ``track_sum``.
         lr : float
+        weight_decay : float, default 0
+            As in :meth:`step`.
 
         Returns
         -------
@@ -264,9 +275,10 @@ class OutputLayerBase:
             raise ValueError("grad_s is non-zero but the layer does not track "
                              "s = sum(o): build it with track_sum=True")
         lr = check_lr(lr)
+        wd = check_weight_decay(weight_decay, lr)
         if m == 0:
             return self._empty_result(0)[1]
-        return self._backward(H, tg, gq, gs, lr)
+        return self._backward(H, tg, gq, gs, lr, wd)
 
     def predict_proba(self, H, rows=None):
         """Probabilities of the chosen outputs, for softmax-like losses.

@@ -15,7 +15,13 @@ Status codes returned to Python: 0 success; STATUS_SMALL_R: the update of
 example ``bad`` has |r| < r_tol (state untouched in batch mode; in online
 mode the examples before ``bad`` were applied); STATUS_SINGULAR: the
 minibatch Woodbury system is singular (state untouched); STATUS_LOSS: a
-loss value or gradient is not finite (example ``bad``); STATUS_NOMEM.
+loss value or gradient is not finite (example ``bad``); STATUS_NONFINITE:
+a product of the state with h is not finite, i.e. the state itself holds
+NaN/Inf (example ``bad``, detected before it is applied); STATUS_NOMEM.
+
+Weight decay ``wd`` (SGD on L + wd/2 ||W||^2): each update is applied with
+lr / rho and followed by W <- rho W, rho = 1 - lr wd, which is exact and
+O(d^2): U, Q, omega, wbar are scaled (and Uinv inversely), V is not.
 """
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
@@ -43,6 +49,10 @@ cdef extern from "fs_sparse.h" nogil:
                            const float*, float*)
     void fs_csr_gram_add_d(ptrdiff_t, const int64_t*, const int64_t*,
                            const double*, double*)
+    void fs_rank1_rows_s(float*, ptrdiff_t, ptrdiff_t, ptrdiff_t, const float*,
+                         float)
+    void fs_rank1_rows_d(double*, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                         const double*, double)
 
 cpdef enum Status:
     STATUS_OK = 0
@@ -50,6 +60,7 @@ cpdef enum Status:
     STATUS_SINGULAR = 2
     STATUS_LOSS = 3
     STATUS_NOMEM = 4
+    STATUS_NONFINITE = 5
 
 cpdef enum LossKind:
     # ids shared with fastsparse/losses.py
@@ -189,6 +200,27 @@ cdef inline double norm2G(double D, Py_ssize_t K, const floating* a,
             + 4.0 * gq * aga + 2.0 * gs * sga)
 
 
+cdef inline bint all_finite(int n, const floating* x) noexcept nogil:
+    """Whether x holds no NaN/Inf (a NaN or Inf makes the sum non-finite)."""
+    cdef double acc = 0.0
+    cdef int i
+    for i in range(n):
+        acc += x[i]
+    return isfinite(acc)
+
+
+cdef void decay_state(int d, double rho, floating* U, floating* Uinv,
+                      floating* Q, floating* omega,
+                      floating* wbar) noexcept nogil:
+    """W <- rho W without touching V."""
+    xscal(d * d, <floating>rho, U, 1)
+    xscal(d * d, <floating>(1.0 / rho), Uinv, 1)
+    xscal(d * d, <floating>(rho * rho), Q, 1)
+    if omega != NULL:
+        xscal(d, <floating>rho, omega, 1)
+        xscal(d, <floating>rho, wbar, 1)
+
+
 cdef Py_ssize_t max_row_nnz(Py_ssize_t m, const int64_t* indptr) noexcept nogil:
     cdef Py_ssize_t i, kmax = 1
     for i in range(m):
@@ -202,12 +234,15 @@ cdef int online_kernel(Py_ssize_t D, int d, floating* V, floating* U,
                        floating* Uinv, floating* Q, floating* omega,
                        floating* wbar, int m, const floating* H,
                        const int64_t* indptr, const int64_t* indices,
-                       const floating* values, double lr,
+                       const floating* values, double lr, double wd,
                        const LossSpec* spec, double r_tol,
                        floating* loss_out, floating* grad_out,
                        Py_ssize_t* bad, double* bad_r) noexcept nogil:
     """One exact rank-one update per example, in order (ALGORITHM.md,
     "Online update")."""
+    cdef double rho = 1.0 - lr * wd
+    if rho != 1.0:
+        lr = lr / rho
     cdef bint keep_s = omega != NULL
     cdef Py_ssize_t kmax = max_row_nnz(m, indptr)
     cdef floating* work = <floating*>malloc((5 * d + 3 * kmax) * sizeof(floating))
@@ -271,10 +306,14 @@ cdef int online_kernel(Py_ssize_t D, int d, floating* V, floating* U,
         xcopy(d, g, 1, grad_out + i * d, 1)
         if lr == 0:
             continue
+        xgemv(Trans, d, d, 1, Uinv, d, h, 1, 0, t, 1)
+        if not (all_finite(d, g) and all_finite(d, t) and all_finite(d, u)):
+            bad[0] = i
+            free(work)
+            return STATUS_NONFINITE
         G2 = norm2G(spec.n_outputs, K, a, ga, q, s, gq, gs)
         # U' = U - c (U h) h^T ; Uinv' = Uinv + (c / r) h (Uinv^T h)^T
         xger(d, d, <floating>(-c), u, 1, h, 1, U, d)
-        xgemv(Trans, d, d, 1, Uinv, d, h, 1, 0, t, 1)
         xger(d, d, <floating>(c / r), h, 1, t, 1, Uinv, d)
         # V'[j_k] = V[j_k] - lr ga_k w,  w = Uinv'^T h = t / r
         for k in range(K):
@@ -288,6 +327,8 @@ cdef int online_kernel(Py_ssize_t D, int d, floating* V, floating* U,
         #    = Q - lr ((g - lr G2 / 2 h) h^T + h (g - lr G2 / 2 h)^T)
         xaxpy(d, <floating>(-0.5 * lr * G2), h, 1, g, 1)
         xsyr2(Upper, d, <floating>(-lr), g, 1, h, 1, Q, d)
+        if rho != 1.0:
+            decay_state(d, rho, U, Uinv, Q, omega, wbar)
     free(work)
     return STATUS_OK
 
@@ -324,11 +365,14 @@ cdef int batch_backward(Py_ssize_t D, int d, floating* V, floating* U,
                         const floating* ga, const double* gq,
                         const double* gs, const double* s, const double* Ho,
                         const floating* HU, const floating* HQ, double lr,
-                        double r_tol, floating* grad_out, Py_ssize_t* bad,
-                        double* bad_r) noexcept nogil:
+                        double wd, double r_tol, floating* grad_out,
+                        Py_ssize_t* bad, double* bad_r) noexcept nogil:
     """grad_H for the given (ga, gq, gs), then one exact update with the
     summed gradient (ALGORITHM.md, "Minibatch update").  Every check comes
     before the first write to the state."""
+    cdef double rho = 1.0 - lr * wd
+    if rho != 1.0:
+        lr = lr / rho
     cdef bint keep_s = omega != NULL
     cdef Py_ssize_t md = <Py_ssize_t>m * d, mm = <Py_ssize_t>m * m
     cdef Py_ssize_t i, j, c, p
@@ -405,6 +449,10 @@ cdef int batch_backward(Py_ssize_t D, int d, floating* V, floating* U,
         for i in range(m):
             Zt[c * m + i] = <floating>(2.0 * lr * gq[i]) * Xt[c * m + i]
     xgetrs(NoTrans, m, d, Kmat, m, ipiv, Zt, m)
+    if not (all_finite(<int>md, grad_out) and all_finite(<int>md, Zt)
+            and all_finite(<int>md, Xt) and all_finite(<int>md, HU)):
+        free(work); free(ysum); free(ipiv)
+        return STATUS_NONFINITE
     # M = G G^T (m x m) without forming G
     xgemm(NoTrans, Trans, m, m, d, 1, HQ, d, H, d, 0, M, m)
     for i in range(m):
@@ -446,8 +494,19 @@ cdef int batch_backward(Py_ssize_t D, int d, floating* V, floating* U,
             fvec[i] = <floating>(2.0 * gq[i] * s[i] + Dn * gs[i] + ysum[i])
         xgemv(Trans, m, d, <floating>(-lr), H, d, fvec, 1, 1, wbar, 1)
     xsyr2k(Upper, Trans, d, m, <floating>(-lr), P, d, H, d, 1, Q, d)
+    if rho != 1.0:
+        decay_state(d, rho, U, Uinv, Q, omega, wbar)
     free(work); free(ysum); free(ipiv)
     return status
+
+
+cdef inline void rank1_rows(floating* V, ptrdiff_t ldv, ptrdiff_t n_rows,
+                            ptrdiff_t d, const floating* l,
+                            floating beta) noexcept nogil:
+    if floating is float:
+        fs_rank1_rows_s(V, ldv, n_rows, d, l, beta)
+    else:
+        fs_rank1_rows_d(V, ldv, n_rows, d, l, beta)
 
 
 # ------------------------------------------------------ Python entry points
@@ -477,9 +536,9 @@ def online_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
                 floating[:, ::1] Q, floating[::1] omega, floating[::1] wbar,
                 const floating[:, ::1] H, const int64_t[::1] indptr,
                 const int64_t[::1] indices, const floating[::1] values,
-                double lr, int loss_kind, const double[::1] loss_params,
-                double r_tol, floating[::1] loss_out,
-                floating[:, ::1] grad_out):
+                double lr, double wd, int loss_kind,
+                const double[::1] loss_params, double r_tol,
+                floating[::1] loss_out, floating[:, ::1] grad_out):
     """Online mode over the m rows of H. Returns (status, bad, bad_r)."""
     cdef LossSpec spec = _make_spec(loss_kind, V.shape[0], loss_params)
     cdef Py_ssize_t bad = -1
@@ -493,7 +552,8 @@ def online_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
                                &Uinv[0, 0], &Q[0, 0], _opt_ptr(omega),
                                _opt_ptr(wbar), m, &H[0, 0], &indptr[0],
                                _opt_idx(indices), _opt_val(values),
-                               lr, &spec, r_tol, &loss_out[0], &grad_out[0, 0],
+                               lr, wd, &spec, r_tol, &loss_out[0],
+                               &grad_out[0, 0],
                                &bad, &bad_r)
     return status, bad, bad_r
 
@@ -504,7 +564,7 @@ cdef int batch_run(Py_ssize_t D, int d, floating* V, floating* U,
                    const int64_t* indptr, const int64_t* indices,
                    const floating* values, const LossSpec* spec,
                    const floating* ga_in, const double* gq_in,
-                   const double* gs_in, double lr, double r_tol,
+                   const double* gs_in, double lr, double wd, double r_tol,
                    floating* loss_out, floating* grad_out, Py_ssize_t* bad,
                    double* bad_r) noexcept nogil:
     """Minibatch mode: forward, then either the built-in loss of ``spec``
@@ -544,7 +604,7 @@ cdef int batch_run(Py_ssize_t D, int d, floating* V, floating* U,
     if status == STATUS_OK:
         status = batch_backward(D, d, V, U, Uinv, Q, omega, wbar, m, H,
                                 indptr, indices, ga, gq, gs, s, Ho, HU, HQ,
-                                lr, r_tol, grad_out, bad, bad_r)
+                                lr, wd, r_tol, grad_out, bad, bad_r)
     free(fwork); free(dwork)
     return status
 
@@ -553,9 +613,9 @@ def batch_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
                floating[:, ::1] Q, floating[::1] omega, floating[::1] wbar,
                const floating[:, ::1] H, const int64_t[::1] indptr,
                const int64_t[::1] indices, const floating[::1] values,
-               double lr, int loss_kind, const double[::1] loss_params,
-               double r_tol, floating[::1] loss_out,
-               floating[:, ::1] grad_out):
+               double lr, double wd, int loss_kind,
+               const double[::1] loss_params, double r_tol,
+               floating[::1] loss_out, floating[:, ::1] grad_out):
     """Minibatch mode with a built-in loss.  Returns (status, bad, bad_r);
     the state is untouched unless status is 0."""
     cdef LossSpec spec = _make_spec(loss_kind, V.shape[0], loss_params)
@@ -570,7 +630,7 @@ def batch_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
                            &Uinv[0, 0], &Q[0, 0], _opt_ptr(omega),
                            _opt_ptr(wbar), m, &H[0, 0], &indptr[0],
                            _opt_idx(indices), _opt_val(values), &spec,
-                           NULL, NULL, NULL, lr, r_tol, &loss_out[0],
+                           NULL, NULL, NULL, lr, wd, r_tol, &loss_out[0],
                            &grad_out[0, 0], &bad, &bad_r)
     return status, bad, bad_r
 
@@ -580,7 +640,7 @@ def backward(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
              const floating[:, ::1] H, const int64_t[::1] indptr,
              const int64_t[::1] indices, const floating[::1] grad_a,
              const double[::1] grad_q, const double[::1] grad_s, double lr,
-             double r_tol, floating[:, ::1] grad_out):
+             double wd, double r_tol, floating[:, ::1] grad_out):
     """grad_H for given (dL/da, dL/dq, dL/ds) and, if lr > 0, one exact
     minibatch update.  Returns (status, bad, bad_r) like batch_step."""
     cdef LossSpec spec = _make_spec(0, V.shape[0], grad_q[:0])
@@ -597,7 +657,7 @@ def backward(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
                            _opt_ptr(wbar), m, &H[0, 0], &indptr[0],
                            _opt_idx(indices), NULL, &spec,
                            _opt_val(grad_a) if grad_a.shape[0] else &dummy,
-                           &grad_q[0], &grad_s[0], lr, r_tol, NULL,
+                           &grad_q[0], &grad_s[0], lr, wd, r_tol, NULL,
                            &grad_out[0, 0], &bad, &bad_r)
     return status, bad, bad_r
 
@@ -625,6 +685,35 @@ def forward(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Q,
     if a_out.shape[0]:
         memcpy(&a_out[0], work + 2 * md, a_out.shape[0] * sizeof(floating))
     free(work); free(Ho)
+
+
+def invert(double[:, ::1] A, double[:, ::1] out):
+    """out <- A^{-1} by LU (LAPACK getrf/getrs); A is overwritten by its
+    factors.  Returns LAPACK's info (> 0: A is singular)."""
+    cdef int n = <int>A.shape[0], i, info
+    cdef int* ipiv = <int*>malloc(n * sizeof(int))
+    if ipiv == NULL:
+        raise MemoryError()
+    with nogil:
+        info = xgetrf(n, &A[0, 0], n, ipiv)
+        if info == 0:
+            for i in range(n * n):
+                (&out[0, 0])[i] = 0.0
+            for i in range(n):
+                out[i, i] = 1.0
+            # rows of out: solutions of A^T x = e_i, i.e. the rows of A^{-1}
+            info = xgetrs(Trans, n, n, &A[0, 0], n, ipiv, &out[0, 0], n)
+    free(ipiv)
+    return info
+
+
+def rank1_rows_update(floating[:, ::1] V, const floating[::1] l, double beta):
+    """V <- V (I - beta l l^T), one pass over V without the GIL."""
+    if V.shape[0] == 0:
+        return
+    with nogil:
+        rank1_rows(&V[0, 0], V.shape[1], V.shape[0], V.shape[1], &l[0],
+                   <floating>beta)
 
 
 # ------------------------------------------------- Python shims for tests

@@ -3,6 +3,7 @@ import numpy as np
 
 from . import _core
 from ._base import _CHUNK_ROWS, _COMMON_PARAMS_DOC, OutputLayerBase
+from ._health import StabilityControl
 from .losses import SquaredError
 
 _S = _core.Status
@@ -35,7 +36,13 @@ class FactoredOutputLayer(OutputLayerBase):
         built with the same arguments starts from the same weights.
     init_scale : float, optional
         Standard deviation of the initial weights, default 1/sqrt(n_hidden).
-    """ + _COMMON_PARAMS_DOC + """
+    """ + _COMMON_PARAMS_DOC + """    stability : None, bool or dict
+        The automatic numerical-health control (on by default): ``False``
+        disables it, a dict sets its knobs (``check_every``, ``max_cond``,
+        ``inverse_tol``, ``inverse_every``, ``scale_exp``, ``max_renorms``;
+        see :class:`fastsparse._health.StabilityControl`).  See
+        :meth:`health` and :meth:`refresh`.
+
     Attributes
     ----------
     n_outputs, n_hidden : int
@@ -56,8 +63,16 @@ class FactoredOutputLayer(OutputLayerBase):
 
     min_abs_r = 1e-3
 
-    def _setup(self, W, b, loss, track_sum):
+    def _setup(self, W, b, loss, track_sum, stability=None):
         super()._setup(W, b, loss, track_sum)
+        if stability is None or stability is True:
+            stability = {}
+        elif stability is False:
+            stability = {"enabled": False}
+        elif not isinstance(stability, dict):
+            raise TypeError("stability must be None, a bool or a dict of knobs, "
+                            f"got {type(stability).__name__}")
+        self._health = StabilityControl(W.dtype, **stability)
         V = W if b is None else np.ascontiguousarray(np.column_stack([W, b]))
         d = V.shape[1]
         self._V = V
@@ -137,7 +152,7 @@ class FactoredOutputLayer(OutputLayerBase):
                           Ha, indptr, indices, a, q, s)
         return a, q, s
 
-    def _step(self, H, tg, lr, mode):
+    def _step(self, H, tg, lr, mode, wd):
         m = H.shape[0]
         Ha = self._augment(H)
         grad = np.empty(Ha.shape, dtype=self.dtype)
@@ -147,42 +162,116 @@ class FactoredOutputLayer(OutputLayerBase):
             L, ga, gq, gs = self.loss(a.reshape(m, K).astype(np.float64), q, s,
                                       tg.values.reshape(m, K).astype(np.float64))
             self._run(_core.backward, Ha, (tg.indptr, tg.indices,
-                      ga.ravel().astype(self.dtype), gq, gs, lr), (grad,))
+                      ga.ravel().astype(self.dtype), gq, gs, lr, wd), (grad,))
+            self._after(m, lr)
             return L.astype(self.dtype), self._strip(grad)
         loss = np.empty(m, dtype=self.dtype)
+        if mode == "batch":
+            if lr > 0:
+                self._provably_safe(Ha, tg, lr)  # refuses a bad squared-error step
+            self._run(_core.batch_step, Ha, (tg.indptr, tg.indices, tg.values,
+                      lr, wd, self.loss.kind, self._params), (loss, grad))
+            self._after(m, lr)
+            return loss, self._strip(grad)
+        # online: in pieces that end where a health check is due
         snapshot = None
-        if lr > 0 and not self._provably_safe(Ha, tg, lr) and mode == "online":
+        if lr > 0 and not self._provably_safe(Ha, tg, lr):
             # a later example could still be refused: keep what the call may
-            # touch, so that a refused call changes nothing
+            # touch so that a refused call changes nothing (and check only
+            # after the whole call, so the snapshot stays valid)
             snapshot = self._snapshot(tg)
-        kernel = _core.online_step if mode == "online" else _core.batch_step
-        self._run(kernel, Ha, (tg.indptr, tg.indices, tg.values, lr,
-                               self.loss.kind, self._params), (loss, grad),
-                  snapshot)
+        start = 0
+        while start < m:
+            n = m - start
+            if snapshot is None and lr > 0 and self._health.enabled:
+                n = min(n, self._health.examples_to_next_check())
+            sub, part = slice(start, start + n), tg.slice(start, start + n)
+            self._run(_core.online_step, Ha[sub], (part.indptr, part.indices,
+                      part.values, lr, wd, self.loss.kind, self._params),
+                      (loss[sub], grad[sub]), snapshot, offset=start)
+            self._after(n, lr)
+            start += n
         return loss, self._strip(grad)
 
-    def _backward(self, H, tg, gq, gs, lr):
+    def _backward(self, H, tg, gq, gs, lr, wd):
         Ha = self._augment(H)
         grad = np.empty(Ha.shape, dtype=self.dtype)
         self._run(_core.backward, Ha,
-                  (tg.indptr, tg.indices, tg.values, gq, gs, lr), (grad,))
+                  (tg.indptr, tg.indices, tg.values, gq, gs, lr, wd), (grad,))
+        self._after(H.shape[0], lr)
         return self._strip(grad)
+
+    def _after(self, n, lr):
+        if lr > 0:
+            self._health.after_examples(self, n)
 
     def _strip(self, grad):
         """dL/dH without the bias' constant input."""
         return np.ascontiguousarray(grad[:, :self.n_hidden]) if self.has_bias else grad
 
-    def _run(self, kernel, Ha, inputs, outputs, snapshot=None):
+    def _run(self, kernel, Ha, inputs, outputs, snapshot=None, offset=0):
         """Call a kernel on the state; map a failure to an exception, after
         restoring the snapshot, if any (the batch kernels check everything
-        before their first write, so they need none)."""
+        before their first write, so they need none).  ``offset``: index in
+        the user's call of the first example passed."""
         status, bad, bad_r = kernel(*self._state(), Ha, *inputs,
                                     self.min_abs_r, *outputs)
         if status != _S.STATUS_OK:
             if snapshot is not None:
                 self._restore(snapshot)
-            online = kernel is _core.online_step
-            self._raise_status(status, bad, bad_r, online and snapshot is None)
+            applied = 0
+            if kernel is _core.online_step and snapshot is None:
+                applied = offset + bad
+            self._raise_status(status, offset + bad, bad_r, applied)
+
+    # ------------------------------------------------------------- health
+    def health(self):
+        """Fresh estimates of the numerical health of the state, and counts.
+
+        Costs a few d x d matrix-vector products (no correction is made).
+
+        Returns
+        -------
+        dict
+            ``sigma_max``, ``sigma_min``: estimates of U's extreme singular
+            values; ``cond``: their ratio; ``inverse_error``: estimate of
+            ``||U Uinv - I||`` (on a probe vector); ``steps``: examples
+            trained; ``steps_since_renormalization``; ``n_checks``,
+            ``n_inverse_refreshes``, ``n_renormalizations``, ``n_rescales``,
+            ``n_refactorizations``: counts of the automatic control's checks
+            and corrective actions; ``control_seconds``: time they took.
+        """
+        self._health.check(self, correct=False)
+        return self._health.report()
+
+    def refresh(self, exact=True):
+        """Recompute derived state from the factors.
+
+        Parameters
+        ----------
+        exact : bool, default True
+            True: recompute ``Q = W^T W`` and the column sums ``wbar``
+            exactly from V and U (O(D d^2), accumulated in float64) and the
+            inverse of U (O(d^3)).  False: only the inverse.
+        """
+        self._health.refresh_inverse(self)
+        if not exact:
+            return
+        V = self._V
+        G = np.zeros((V.shape[1], V.shape[1]))
+        v1 = np.zeros(V.shape[1])
+        for start in range(0, self.n_outputs, _CHUNK_ROWS):
+            Vc = V[start:start + _CHUNK_ROWS].astype(np.float64)
+            G += Vc.T @ Vc
+            v1 += Vc.sum(axis=0)
+        U = self._U.astype(np.float64)
+        Q = U.T @ G @ U
+        if self._omega.size:
+            om = self._omega.astype(np.float64)
+            Uv1 = U.T @ v1
+            Q += np.outer(Uv1, om) + np.outer(om, Uv1) + self.n_outputs * np.outer(om, om)
+            self._wbar[...] = Uv1 + self.n_outputs * om
+        self._Q[...] = Q
 
     def _provably_safe(self, Ha, tg, lr):
         """Whether no example of the call can be refused.
@@ -221,9 +310,9 @@ class FactoredOutputLayer(OutputLayerBase):
         for dst, src in zip(self._state()[1:], arrays):
             dst[...] = src
 
-    def _raise_status(self, status, bad, bad_r, partial):
-        tail = (f" Examples 0..{bad - 1} of this call were applied before it."
-                if partial and bad > 0 else " Nothing was changed.")
+    def _raise_status(self, status, bad, bad_r, applied):
+        tail = (f" Examples 0..{applied - 1} of this call were applied before it."
+                if applied > 0 else " Nothing was changed.")
         if status == _S.STATUS_SMALL_R:
             raise ValueError(
                 f"step refused at example {bad}: r = 1 - 2 lr dL/dq ||h||^2 = "
@@ -238,6 +327,11 @@ class FactoredOutputLayer(OutputLayerBase):
             raise FloatingPointError(
                 f"the {self.loss.name!r} loss or its gradient is not finite at "
                 f"example {bad}.{tail}")
+        if status == _S.STATUS_NONFINITE:
+            raise FloatingPointError(
+                f"non-finite values in the layer's state showed at example "
+                f"{bad} (a too large learning rate?); the step was refused "
+                f"before applying it.{tail}")
         if status == _S.STATUS_NOMEM:
             raise MemoryError("fastsparse: could not allocate the step's workspace")
         raise RuntimeError(f"fastsparse: unexpected kernel status {status}")

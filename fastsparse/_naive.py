@@ -77,7 +77,7 @@ class NaiveOutputLayer(OutputLayerBase):
         o[idx] += a_grad
         return L, o
 
-    def _step(self, H, tg, lr, mode):
+    def _step(self, H, tg, lr, mode, wd):
         m = H.shape[0]
         loss = np.empty(m, dtype=self.dtype)
         grad = np.empty((m, self.n_hidden), dtype=self.dtype)
@@ -88,7 +88,7 @@ class NaiveOutputLayer(OutputLayerBase):
                 loss[i], G = self._loss_grad(o, idx, y)
                 grad[i] = self._gemv(1.0, self._W.T, G)      # W^T G
                 if lr > 0:
-                    self._update(H[i:i + 1], G[None, :], lr)
+                    self._update(H[i:i + 1], G[None, :], lr, wd)
             return loss, grad
         O = self._outputs(H, None)                   # (m, D): all outputs
         if self.loss.kind is None:                   # a callable, vectorised
@@ -103,11 +103,11 @@ class NaiveOutputLayer(OutputLayerBase):
                 idx, y = tg.row(i)
                 loss[i], _ = self._loss_grad(O[i], idx, y)   # O[i] <- dL/do
             G = O
-        return loss, self._apply(H, G, lr)
+        return loss, self._apply(H, G, lr, wd)
 
-    def _backward(self, H, tg, gq, gs, lr):
+    def _backward(self, H, tg, gq, gs, lr, wd):
         O = self._outputs(H, None)
-        return self._apply(H, self._dense_grad(O, tg, tg.values, gq, gs), lr)
+        return self._apply(H, self._dense_grad(O, tg, tg.values, gq, gs), lr, wd)
 
     def _dense_grad(self, O, tg, ga, gq, gs):
         """G = 2 diag(gq) O + gs 1^T + Ydot, in place of O."""
@@ -117,14 +117,19 @@ class NaiveOutputLayer(OutputLayerBase):
         np.add.at(O, (rows, tg.indices), np.asarray(ga, dtype=self.dtype))
         return O
 
-    def _apply(self, H, G, lr):
+    def _apply(self, H, G, lr, wd):
         grad = G @ self._W                           # gemm
         if lr > 0:
-            self._update(H, G, lr)
+            self._update(H, G, lr, wd)
         return grad
 
-    def _update(self, H, G, lr):
-        """W += -lr G^T H (and b += -lr G^T 1), in place."""
+    def _update(self, H, G, lr, wd):
+        """W <- (1 - lr wd) W - lr G^T H (b likewise), in place."""
+        if wd:
+            rho = self.dtype.type(1.0 - lr * wd)
+            self._W *= rho
+            if self._b is not None:
+                self._b *= rho
         # W is C-ordered: BLAS gets its Fortran view W^T (D x d -> d x D),
         # W^T += -lr H^T G, with the operands passed as transposed views.
         if H.shape[0] == 1:

@@ -91,6 +91,18 @@ def check_lr(lr):
     return lr
 
 
+def check_weight_decay(wd, lr):
+    """Weight decay as a finite float >= 0 with lr * wd < 1."""
+    try:
+        wd = check_lr(wd)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(str(exc).replace("lr", "weight_decay", 1)) from None
+    if lr * wd >= 1:
+        raise ValueError(f"lr * weight_decay must be < 1 (it scales W by "
+                         f"1 - lr * weight_decay), got {lr * wd:g}")
+    return wd
+
+
 def check_mode(mode):
     if mode not in ("batch", "online"):
         raise ValueError(f"mode must be 'batch' or 'online', got {mode!r}")
@@ -160,6 +172,12 @@ class Targets:
     @property
     def n_examples(self):
         return self.indptr.shape[0] - 1
+
+    def slice(self, start, stop):
+        """The targets of examples start..stop-1."""
+        p0, p1 = self.indptr[start], self.indptr[stop]
+        return Targets(self.indptr[start:stop + 1] - p0,
+                       self.indices[p0:p1], self.values[p0:p1])
 
     def row(self, i):
         """(indices, values) of example ``i``."""

@@ -62,6 +62,20 @@ void fs_csr_gram_add_##S(ptrdiff_t m, const int64_t *indptr,                 \
             if (i2 != i) G[i2 * m + i] += acc;                                \
         }                                                                     \
     }                                                                         \
+}                                                                             \
+                                                                              \
+void fs_rank1_rows_##S(T *V, ptrdiff_t ldv, ptrdiff_t n_rows,           \
+                            ptrdiff_t d, const T *l, T beta)                  \
+{                                                                             \
+    for (ptrdiff_t j = 0; j < n_rows; ++j) {                                  \
+        T *row = V + j * ldv;                                                 \
+        T t = 0;                                                              \
+        for (ptrdiff_t c = 0; c < d; ++c)                                     \
+            t += row[c] * l[c];                                               \
+        t *= beta;                                                            \
+        for (ptrdiff_t c = 0; c < d; ++c)                                     \
+            row[c] -= t * l[c];                                               \
+    }                                                                         \
 }
 
 FS_DEFINE(float, s)

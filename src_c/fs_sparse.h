@@ -1,5 +1,6 @@
 /* Small non-BLAS kernels of fastsparse: sparse gathers/scatters of the rows
- * of V and sparse dot products.  Row-major V (n_rows x d, leading dimension
+ * of V, sparse dot products, and the fused rank-one pass over V used by the
+ * renormalisation.  Row-major V (n_rows x d, leading dimension
  * ldv); row indices are int64 and are trusted (validated in Python).
  * Each kernel exists for float (_s) and double (_d). No validation here. */
 #ifndef FS_SPARSE_H
@@ -23,7 +24,11 @@ void fs_scatter_axpy_##S(T *V, ptrdiff_t ldv, const int64_t *idx,             \
  * X (m rows, column indices sorted within each row, no duplicates);         \
  * G is m x m row-major. */                                                   \
 void fs_csr_gram_add_##S(ptrdiff_t m, const int64_t *indptr,                 \
-                         const int64_t *indices, const T *values, T *G);
+                         const int64_t *indices, const T *values, T *G);      \
+/* V[j] -= beta (V[j] . l) l for every row j < n_rows, in one pass over V    \
+ * (V <- V (I - beta l l^T)). */                                                  \
+void fs_rank1_rows_##S(T *V, ptrdiff_t ldv, ptrdiff_t n_rows,           \
+                            ptrdiff_t d, const T *l, T beta);
 
 FS_DECLARE(float, s)
 FS_DECLARE(double, d)
