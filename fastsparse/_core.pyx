@@ -1,10 +1,23 @@
 # cython: language_level=3
 """Compiled kernels of the factored output layer.
 
-State (row-major, see ALGORITHM.md):  W = V U + 1_D omega^T,  Uinv = U^{-1},
-Q = W^T W (only its upper triangle is read and kept up to date),
-wbar = W^T 1_D.  omega and wbar are only kept by losses that use
-s = sum(o); callers pass zero-length arrays otherwise.
+State (row-major):  W = V U + 1_D omega^T,  Uinv = U^{-1},  M = V^T V (only
+its upper triangle is read and kept up to date) and, when sums are tracked,
+omega and sv = V^T 1_D (callers pass zero-length arrays otherwise).
+
+ALGORITHM.md keeps Q = W^T W; we keep M = V^T V instead, which gives the
+same quantities at the same cost (Q = U^T M U + U^T sv omega^T
++ omega sv^T U + D omega omega^T, so q = h^T Q h = u^T M u + ... with
+u = U h, which the step computes anyway, and Q h only ever appears inside
+grad_h = U^T (...), which shares its U^T pass with U^T V^T ydot), but whose
+rounding stays relative: M is updated in V's coordinates, where nothing
+shrinks as W decays, whereas the rounding added to Q by the target terms
+does not shrink with W^T W (measured: Q's relative error grew to 1e-3 in
+float32 over 16 000 steps while the dense float32 layer stayed at 1e-6).
+The V rows change by rows proportional to w = Uinv'^T h (online) or
+P = H Uinv' (minibatch), so M' = M + dV^T V + V^T dV + dV^T dV is one
+symmetric rank-2 (rank-2m) update built from V^T ydot, which the gradient
+needs anyway.
 
 The kernels trust their inputs (the Python layer validates once) and run
 without the GIL for their whole duration.  Targets arrive in CSR form:
@@ -21,7 +34,7 @@ NaN/Inf (example ``bad``, detected before it is applied); STATUS_NOMEM.
 
 Weight decay ``wd`` (SGD on L + wd/2 ||W||^2): each update is applied with
 lr / rho and followed by W <- rho W, rho = 1 - lr wd, which is exact and
-O(d^2): U, Q, omega, wbar are scaled (and Uinv inversely), V is not.
+O(d^2): U and omega are scaled (and Uinv inversely); V, M, sv are not.
 """
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
@@ -49,10 +62,11 @@ cdef extern from "fs_sparse.h" nogil:
                            const float*, float*)
     void fs_csr_gram_add_d(ptrdiff_t, const int64_t*, const int64_t*,
                            const double*, double*)
-    void fs_rank1_rows_s(float*, ptrdiff_t, ptrdiff_t, ptrdiff_t, const float*,
-                         float)
-    void fs_rank1_rows_d(double*, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                         const double*, double)
+    void fs_rankk_rows_s(float*, ptrdiff_t, ptrdiff_t, ptrdiff_t, const float*,
+                         const float*, ptrdiff_t)
+    void fs_rankk_rows_d(double*, ptrdiff_t, ptrdiff_t, ptrdiff_t,
+                         const double*, const double*, ptrdiff_t)
+    enum: FS_MAX_RANK
 
 cpdef enum Status:
     STATUS_OK = 0
@@ -114,6 +128,15 @@ cdef inline void csr_gram_add(ptrdiff_t m, const int64_t* indptr,
         fs_csr_gram_add_s(m, indptr, indices, values, G)
     else:
         fs_csr_gram_add_d(m, indptr, indices, values, G)
+
+
+cdef inline void rankk_rows(floating* V, ptrdiff_t ldv, ptrdiff_t n_rows,
+                            ptrdiff_t d, const floating* L,
+                            const floating* beta, ptrdiff_t k) noexcept nogil:
+    if floating is float:
+        fs_rankk_rows_s(V, ldv, n_rows, d, L, beta, k)
+    else:
+        fs_rankk_rows_d(V, ldv, n_rows, d, L, beta, k)
 
 
 # ------------------------------------------------------------------ losses
@@ -186,20 +209,6 @@ cdef int eval_loss(const LossSpec* spec, Py_ssize_t K, const floating* a,
     return STATUS_OK
 
 
-cdef inline double norm2G(double D, Py_ssize_t K, const floating* a,
-                          const floating* ga, double q, double s, double gq,
-                          double gs) noexcept nogil:
-    """||dL/do||^2 for one example (distinct target indices)."""
-    cdef double sga = 0.0, ga2 = 0.0, aga = 0.0
-    cdef Py_ssize_t k
-    for k in range(K):
-        sga += ga[k]
-        ga2 += <double>ga[k] * ga[k]
-        aga += <double>a[k] * ga[k]
-    return (4.0 * gq * gq * q + D * gs * gs + ga2 + 4.0 * gq * gs * s
-            + 4.0 * gq * aga + 2.0 * gs * sga)
-
-
 cdef inline bint all_finite(int n, const floating* x) noexcept nogil:
     """Whether x holds no NaN/Inf (a NaN or Inf makes the sum non-finite)."""
     cdef double acc = 0.0
@@ -210,15 +219,12 @@ cdef inline bint all_finite(int n, const floating* x) noexcept nogil:
 
 
 cdef void decay_state(int d, double rho, floating* U, floating* Uinv,
-                      floating* Q, floating* omega,
-                      floating* wbar) noexcept nogil:
-    """W <- rho W without touching V."""
+                      floating* omega) noexcept nogil:
+    """W <- rho W without touching V (nor M = V^T V, nor sv = V^T 1)."""
     xscal(d * d, <floating>rho, U, 1)
     xscal(d * d, <floating>(1.0 / rho), Uinv, 1)
-    xscal(d * d, <floating>(rho * rho), Q, 1)
     if omega != NULL:
         xscal(d, <floating>rho, omega, 1)
-        xscal(d, <floating>rho, wbar, 1)
 
 
 cdef Py_ssize_t max_row_nnz(Py_ssize_t m, const int64_t* indptr) noexcept nogil:
@@ -231,15 +237,15 @@ cdef Py_ssize_t max_row_nnz(Py_ssize_t m, const int64_t* indptr) noexcept nogil:
 
 # ------------------------------------------------------------ online mode
 cdef int online_kernel(Py_ssize_t D, int d, floating* V, floating* U,
-                       floating* Uinv, floating* Q, floating* omega,
-                       floating* wbar, int m, const floating* H,
+                       floating* Uinv, floating* M, floating* omega,
+                       floating* sv, int m, const floating* H,
                        const int64_t* indptr, const int64_t* indices,
                        const floating* values, double lr, double wd,
                        const LossSpec* spec, double r_tol,
                        floating* loss_out, floating* grad_out,
                        Py_ssize_t* bad, double* bad_r) noexcept nogil:
     """One exact rank-one update per example, in order (ALGORITHM.md,
-    "Online update")."""
+    "Online update", with M = V^T V in place of Q)."""
     cdef double rho = 1.0 - lr * wd
     if rho != 1.0:
         lr = lr / rho
@@ -249,9 +255,9 @@ cdef int online_kernel(Py_ssize_t D, int d, floating* V, floating* U,
     if work == NULL:
         return STATUS_NOMEM
     cdef floating* u = work          # U h
-    cdef floating* Qh = work + d     # Q h
+    cdef floating* Mu = work + d     # M u
     cdef floating* t = work + 2 * d  # Uinv^T h
-    cdef floating* vy = work + 3 * d  # V^T ydot
+    cdef floating* z = work + 3 * d  # grad_h = U^T z + (...) omega
     cdef floating* g = work + 4 * d  # grad_h
     cdef floating* a = work + 5 * d
     cdef floating* ga = a + kmax
@@ -259,23 +265,25 @@ cdef int online_kernel(Py_ssize_t D, int d, floating* V, floating* U,
     cdef const floating* h
     cdef const int64_t* idx
     cdef Py_ssize_t i, k, K
-    cdef double q, s, oh, hh, L, gq, gs, c, r, sga, G2
+    cdef double q, s, oh, svu, hh, L, gq, gs, c, r, sga, ga2
     cdef int status
 
     for i in range(m):
         h = H + i * d
         K = indptr[i + 1] - indptr[i]
         idx = indices + indptr[i]
-        # forward at the current state
+        # forward at the current state: q = u^T M u (+ omega terms), s
         xgemv(NoTrans, d, d, 1, U, d, h, 1, 0, u, 1)
-        xsymv(Upper, d, 1, Q, d, h, 1, 0, Qh, 1)
-        q = xdot(d, h, 1, Qh, 1)
+        xsymv(Upper, d, 1, M, d, u, 1, 0, Mu, 1)
+        q = xdot(d, u, 1, Mu, 1)
         hh = xdot(d, h, 1, h, 1)
         oh = 0.0
-        s = 0.0
+        svu = 0.0
         if keep_s:
             oh = xdot(d, omega, 1, h, 1)
-            s = xdot(d, wbar, 1, h, 1)
+            svu = xdot(d, sv, 1, u, 1)
+            q += 2.0 * svu * oh + spec.n_outputs * oh * oh
+        s = svu + spec.n_outputs * oh
         gather_dots(V, d, idx, K, u, d, a)
         for k in range(K):
             a[k] += <floating>oh
@@ -293,65 +301,74 @@ cdef int online_kernel(Py_ssize_t D, int d, floating* V, floating* U,
             free(work)
             return STATUS_SMALL_R
         loss_out[i] = <floating>L
-        # grad_h = 2 gq Q h + gs wbar + U^T (V^T ydot) + omega sum(ga)
-        gather_combine(V, d, idx, ga, K, d, vy)
-        xgemv(Trans, d, d, 1, U, d, vy, 1, 0, g, 1)
-        xaxpy(d, <floating>(2.0 * gq), Qh, 1, g, 1)
+        # z = V^T ydot + 2 gq (M u + oh sv) + gs sv  (V's coordinates)
+        # grad_h = U^T z + (2 gq s + D gs + sum(ga)) omega
+        gather_combine(V, d, idx, ga, K, d, z)
         sga = 0.0
+        ga2 = 0.0
         for k in range(K):
             sga += ga[k]
+            ga2 += <double>ga[k] * ga[k]
+        xcopy(d, z, 1, t, 1)             # t <- V^T ydot, kept for M' below
+        xaxpy(d, <floating>(2.0 * gq), Mu, 1, z, 1)
         if keep_s:
-            xaxpy(d, <floating>gs, wbar, 1, g, 1)
-            xaxpy(d, <floating>sga, omega, 1, g, 1)
+            xaxpy(d, <floating>(2.0 * gq * oh + gs), sv, 1, z, 1)
+        xgemv(Trans, d, d, 1, U, d, z, 1, 0, g, 1)
+        if keep_s:
+            xaxpy(d, <floating>(2.0 * gq * s + spec.n_outputs * gs + sga),
+                  omega, 1, g, 1)
         xcopy(d, g, 1, grad_out + i * d, 1)
         if lr == 0:
             continue
+        # z <- V^T ydot (old rows); t <- Uinv^T h
+        xcopy(d, t, 1, z, 1)
         xgemv(Trans, d, d, 1, Uinv, d, h, 1, 0, t, 1)
         if not (all_finite(d, g) and all_finite(d, t) and all_finite(d, u)):
             bad[0] = i
             free(work)
             return STATUS_NONFINITE
-        G2 = norm2G(spec.n_outputs, K, a, ga, q, s, gq, gs)
         # U' = U - c (U h) h^T ; Uinv' = Uinv + (c / r) h (Uinv^T h)^T
         xger(d, d, <floating>(-c), u, 1, h, 1, U, d)
         xger(d, d, <floating>(c / r), h, 1, t, 1, Uinv, d)
         # V'[j_k] = V[j_k] - lr ga_k w,  w = Uinv'^T h = t / r
+        xscal(d, <floating>(1.0 / r), t, 1)
         for k in range(K):
-            coef[k] = <floating>(-lr * ga[k] / r)
+            coef[k] = <floating>(-lr * ga[k])
         scatter_axpy(V, d, idx, coef, K, d, t, 1)
+        # M' = M - lr (w y^T + y w^T),  y = V^T ydot - lr/2 ||ga||^2 w
+        xaxpy(d, <floating>(-0.5 * lr * ga2), t, 1, z, 1)
+        xsyr2(Upper, d, <floating>(-lr), t, 1, z, 1, M, d)
         if keep_s:
+            xaxpy(d, <floating>(-lr * sga), t, 1, sv, 1)
             xaxpy(d, <floating>(-lr * (2.0 * gq * oh + gs)), h, 1, omega, 1)
-            xaxpy(d, <floating>(-lr * (2.0 * gq * s + spec.n_outputs * gs + sga)),
-                  h, 1, wbar, 1)
-        # Q' = Q - lr (g h^T + h g^T) + lr^2 G2 h h^T
-        #    = Q - lr ((g - lr G2 / 2 h) h^T + h (g - lr G2 / 2 h)^T)
-        xaxpy(d, <floating>(-0.5 * lr * G2), h, 1, g, 1)
-        xsyr2(Upper, d, <floating>(-lr), g, 1, h, 1, Q, d)
         if rho != 1.0:
-            decay_state(d, rho, U, Uinv, Q, omega, wbar)
+            decay_state(d, rho, U, Uinv, omega)
     free(work)
     return STATUS_OK
 
 
 # ------------------------------------------------------------ batch mode
-cdef void batch_forward(int d, const floating* V, const floating* U,
-                        const floating* Q, const floating* omega,
-                        const floating* wbar, int m, const floating* H,
-                        const int64_t* indptr, const int64_t* indices,
-                        floating* HU, floating* HQ, floating* a, double* q,
-                        double* s, double* Ho) noexcept nogil:
+cdef void batch_forward(Py_ssize_t D, int d, const floating* V,
+                        const floating* U, const floating* M,
+                        const floating* omega, const floating* sv, int m,
+                        const floating* H, const int64_t* indptr,
+                        const int64_t* indices, floating* HU, floating* HUM,
+                        floating* a, double* q, double* s, double* Ho,
+                        double* svu) noexcept nogil:
     """Outputs at the targets (a), q = ||o||^2, s = sum(o), omega.h (Ho),
-    and the products H U^T, H Q that the backward pass reuses."""
+    sv.(U h) (svu), and the products H U^T, H U^T M that backward reuses."""
     cdef Py_ssize_t i, p
     xgemm(NoTrans, Trans, m, d, d, 1, H, d, U, d, 0, HU, d)
-    xsymm(Right, Upper, m, d, 1, Q, d, H, d, 0, HQ, d)
+    xsymm(Right, Upper, m, d, 1, M, d, HU, d, 0, HUM, d)
     for i in range(m):
-        q[i] = xdot(d, H + i * d, 1, HQ + i * d, 1)
-        s[i] = 0.0
+        q[i] = xdot(d, HU + i * d, 1, HUM + i * d, 1)
         Ho[i] = 0.0
+        svu[i] = 0.0
         if omega != NULL:
             Ho[i] = xdot(d, H + i * d, 1, omega, 1)
-            s[i] = xdot(d, H + i * d, 1, wbar, 1)
+            svu[i] = xdot(d, HU + i * d, 1, sv, 1)
+            q[i] += 2.0 * svu[i] * Ho[i] + D * Ho[i] * Ho[i]
+        s[i] = svu[i] + D * Ho[i]
         gather_dots(V, d, indices + indptr[i], indptr[i + 1] - indptr[i],
                     HU + i * d, d, a + indptr[i])
         for p in range(indptr[i], indptr[i + 1]):
@@ -359,17 +376,18 @@ cdef void batch_forward(int d, const floating* V, const floating* U,
 
 
 cdef int batch_backward(Py_ssize_t D, int d, floating* V, floating* U,
-                        floating* Uinv, floating* Q, floating* omega,
-                        floating* wbar, int m, const floating* H,
+                        floating* Uinv, floating* M, floating* omega,
+                        floating* sv, int m, const floating* H,
                         const int64_t* indptr, const int64_t* indices,
                         const floating* ga, const double* gq,
                         const double* gs, const double* s, const double* Ho,
-                        const floating* HU, const floating* HQ, double lr,
-                        double wd, double r_tol, floating* grad_out,
-                        Py_ssize_t* bad, double* bad_r) noexcept nogil:
+                        const double* svu, const floating* HU,
+                        const floating* HUM, double lr, double wd,
+                        double r_tol, floating* grad_out, Py_ssize_t* bad,
+                        double* bad_r) noexcept nogil:
     """grad_H for the given (ga, gq, gs), then one exact update with the
-    summed gradient (ALGORITHM.md, "Minibatch update").  Every check comes
-    before the first write to the state."""
+    summed gradient (ALGORITHM.md, "Minibatch update", with M = V^T V in
+    place of Q).  Every check comes before the first write to the state."""
     cdef double rho = 1.0 - lr * wd
     if rho != 1.0:
         lr = lr / rho
@@ -377,44 +395,43 @@ cdef int batch_backward(Py_ssize_t D, int d, floating* V, floating* U,
     cdef Py_ssize_t md = <Py_ssize_t>m * d, mm = <Py_ssize_t>m * m
     cdef Py_ssize_t i, j, c, p
     cdef double r, hh, Dn = <double>D
-    # workspace: R, P, Hg (m x d); Xt, Zt (d x m); T, HHt, Kmat, M (m x m);
+    # workspace: R, Z, P, Hg (m x d); Zt (d x m); HHt, Kmat, YY (m x m);
     # fvec (m)
-    cdef floating* work = <floating*>malloc((5 * md + 4 * mm + m) * sizeof(floating))
+    cdef floating* work = <floating*>malloc((5 * md + 3 * mm + m) * sizeof(floating))
     cdef double* ysum = <double*>malloc(m * sizeof(double))
     cdef int* ipiv = <int*>malloc(m * sizeof(int))
     if work == NULL or ysum == NULL or ipiv == NULL:
         free(work); free(ysum); free(ipiv)
         return STATUS_NOMEM
     cdef floating* R = work
-    cdef floating* P = R + md
+    cdef floating* Z = R + md
+    cdef floating* P = Z + md
     cdef floating* Hg = P + md
-    cdef floating* Xt = Hg + md
-    cdef floating* Zt = Xt + md
-    cdef floating* T = Zt + md
-    cdef floating* HHt = T + mm
+    cdef floating* Zt = Hg + md
+    cdef floating* HHt = Zt + md
     cdef floating* Kmat = HHt + mm
-    cdef floating* M = Kmat + mm
-    cdef floating* fvec = M + mm
-    cdef int status = STATUS_OK
+    cdef floating* YY = Kmat + mm
+    cdef floating* fvec = YY + mm
 
-    # R = Ydot V ; grad_H = R U + ysum omega^T (+ 2 diag(gq) H Q + gs wbar^T)
+    # R = Ydot V ; Z = R + 2 diag(gq) (H U^T M + Ho sv^T) + gs sv^T
+    # grad_H = Z U + (2 gq s + D gs + ysum) omega^T
     for i in range(m):
         gather_combine(V, d, indices + indptr[i], ga + indptr[i],
                        indptr[i + 1] - indptr[i], d, R + i * d)
         ysum[i] = 0.0
         for p in range(indptr[i], indptr[i + 1]):
             ysum[i] += ga[p]
-        fvec[i] = <floating>ysum[i]
-    xgemm(NoTrans, NoTrans, m, d, d, 1, R, d, U, d, 0, grad_out, d)
-    if keep_s:
-        xger(m, d, 1, fvec, 1, omega, 1, grad_out, d)
-    if lr > 0:
-        # T = H (Ydot W)^T, needed by M = G G^T
-        xgemm(NoTrans, Trans, m, m, d, 1, H, d, grad_out, d, 0, T, m)
+    memcpy(Z, R, md * sizeof(floating))
     for i in range(m):
-        xaxpy(d, <floating>(2.0 * gq[i]), HQ + i * d, 1, grad_out + i * d, 1)
+        xaxpy(d, <floating>(2.0 * gq[i]), HUM + i * d, 1, Z + i * d, 1)
         if keep_s:
-            xaxpy(d, <floating>gs[i], wbar, 1, grad_out + i * d, 1)
+            xaxpy(d, <floating>(2.0 * gq[i] * Ho[i] + gs[i]), sv, 1,
+                  Z + i * d, 1)
+    xgemm(NoTrans, NoTrans, m, d, d, 1, Z, d, U, d, 0, grad_out, d)
+    if keep_s:
+        for i in range(m):
+            xaxpy(d, <floating>(2.0 * gq[i] * s[i] + Dn * gs[i] + ysum[i]),
+                  omega, 1, grad_out + i * d, 1)
     if lr == 0:
         free(work); free(ysum); free(ipiv)
         return STATUS_OK
@@ -443,32 +460,23 @@ cdef int batch_backward(Py_ssize_t D, int d, floating* V, floating* U,
             return STATUS_SINGULAR
 
     # ---- everything the update needs, still without writing the state
-    # Xt = (H Uinv)^T ; Zt = (Kmat^{-1} diag(2 lr gq) H Uinv)^T
-    xgemm(Trans, Trans, d, m, d, 1, Uinv, d, H, d, 0, Xt, m)
+    # P = H Uinv ; Zt = (Kmat^{-1} diag(2 lr gq) H Uinv)^T
+    xgemm(NoTrans, NoTrans, m, d, d, 1, H, d, Uinv, d, 0, P, d)
     for c in range(d):
         for i in range(m):
-            Zt[c * m + i] = <floating>(2.0 * lr * gq[i]) * Xt[c * m + i]
+            Zt[c * m + i] = <floating>(2.0 * lr * gq[i]) * P[i * d + c]
     xgetrs(NoTrans, m, d, Kmat, m, ipiv, Zt, m)
     if not (all_finite(<int>md, grad_out) and all_finite(<int>md, Zt)
-            and all_finite(<int>md, Xt) and all_finite(<int>md, HU)):
+            and all_finite(<int>md, P) and all_finite(<int>md, HU)):
         free(work); free(ysum); free(ipiv)
         return STATUS_NONFINITE
-    # M = G G^T (m x m) without forming G
-    xgemm(NoTrans, Trans, m, m, d, 1, HQ, d, H, d, 0, M, m)
-    for i in range(m):
-        for j in range(m):
-            M[i * m + j] = <floating>(
-                4.0 * gq[i] * gq[j] * M[i * m + j]
-                + 2.0 * gq[i] * T[i * m + j] + 2.0 * gq[j] * T[j * m + i])
-            if keep_s:
-                M[i * m + j] += <floating>(
-                    Dn * gs[i] * gs[j] + 2.0 * gq[i] * s[i] * gs[j]
-                    + 2.0 * gs[i] * s[j] * gq[j] + gs[i] * ysum[j]
-                    + ysum[i] * gs[j])
-    csr_gram_add(m, indptr, indices, ga, M)
-    # P = grad_H - lr/2 M H, so that Q' = Q - lr (P^T H + H^T P)
-    memcpy(P, grad_out, md * sizeof(floating))
-    xgemm(NoTrans, NoTrans, m, d, m, <floating>(-0.5 * lr), M, m, H, d, 1, P, d)
+    # P <- H Uinv' = H Uinv + (H H^T) Z
+    xgemm(NoTrans, Trans, m, d, m, 1, HHt, m, Zt, m, 1, P, d)
+    # R <- R - lr/2 (Ydot Ydot^T) P, so that M' = M - lr (P^T R + R^T P)
+    for i in range(mm):
+        YY[i] = 0
+    csr_gram_add(m, indptr, indices, ga, YY)
+    xgemm(NoTrans, NoTrans, m, d, m, <floating>(-0.5 * lr), YY, m, P, d, 1, R, d)
     # Hg = diag(2 gq) H
     for i in range(m):
         for c in range(d):
@@ -479,34 +487,25 @@ cdef int batch_backward(Py_ssize_t D, int d, floating* V, floating* U,
     xgemm(Trans, NoTrans, d, d, m, <floating>(-lr), HU, d, Hg, d, 1, U, d)
     # Uinv' = Uinv + H^T Z   (Woodbury)
     xgemm(Trans, Trans, d, d, m, 1, H, d, Zt, m, 1, Uinv, d)
-    # (H Uinv')^T = Xt + Zt (H H^T), stored in Xt
-    xgemm(NoTrans, NoTrans, d, m, m, 1, Zt, m, HHt, m, 1, Xt, m)
-    # V' = V - lr Ydot^T (H Uinv'): rows shared by examples get both terms
+    # V' = V - lr Ydot^T P: rows shared by examples get both terms
     for i in range(m):
         for p in range(indptr[i], indptr[i + 1]):
             fvec[0] = <floating>(-lr * ga[p])
-            scatter_axpy(V, d, indices + p, fvec, 1, d, Xt + i, m)
+            scatter_axpy(V, d, indices + p, fvec, 1, d, P + i * d, 1)
+    # M' = M + dV^T V + V^T dV + dV^T dV,  dV = -lr Ydot^T P
+    xsyr2k(Upper, Trans, d, m, <floating>(-lr), P, d, R, d, 1, M, d)
     if keep_s:
+        # sv' = sv - lr P^T ysum ; omega' = omega - lr H^T (2 gq Ho + gs)
+        for i in range(m):
+            fvec[i] = <floating>ysum[i]
+        xgemv(Trans, m, d, <floating>(-lr), P, d, fvec, 1, 1, sv, 1)
         for i in range(m):
             fvec[i] = <floating>(2.0 * gq[i] * Ho[i] + gs[i])
         xgemv(Trans, m, d, <floating>(-lr), H, d, fvec, 1, 1, omega, 1)
-        for i in range(m):
-            fvec[i] = <floating>(2.0 * gq[i] * s[i] + Dn * gs[i] + ysum[i])
-        xgemv(Trans, m, d, <floating>(-lr), H, d, fvec, 1, 1, wbar, 1)
-    xsyr2k(Upper, Trans, d, m, <floating>(-lr), P, d, H, d, 1, Q, d)
     if rho != 1.0:
-        decay_state(d, rho, U, Uinv, Q, omega, wbar)
+        decay_state(d, rho, U, Uinv, omega)
     free(work); free(ysum); free(ipiv)
-    return status
-
-
-cdef inline void rank1_rows(floating* V, ptrdiff_t ldv, ptrdiff_t n_rows,
-                            ptrdiff_t d, const floating* l,
-                            floating beta) noexcept nogil:
-    if floating is float:
-        fs_rank1_rows_s(V, ldv, n_rows, d, l, beta)
-    else:
-        fs_rank1_rows_d(V, ldv, n_rows, d, l, beta)
+    return STATUS_OK
 
 
 # ------------------------------------------------------ Python entry points
@@ -533,7 +532,7 @@ cdef LossSpec _make_spec(int kind, Py_ssize_t D, const double[::1] params):
 
 
 def online_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
-                floating[:, ::1] Q, floating[::1] omega, floating[::1] wbar,
+                floating[:, ::1] M, floating[::1] omega, floating[::1] sv,
                 const floating[:, ::1] H, const int64_t[::1] indptr,
                 const int64_t[::1] indices, const floating[::1] values,
                 double lr, double wd, int loss_kind,
@@ -549,8 +548,8 @@ def online_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
         return STATUS_OK, bad, bad_r
     with nogil:
         status = online_kernel(V.shape[0], d, &V[0, 0], &U[0, 0],
-                               &Uinv[0, 0], &Q[0, 0], _opt_ptr(omega),
-                               _opt_ptr(wbar), m, &H[0, 0], &indptr[0],
+                               &Uinv[0, 0], &M[0, 0], _opt_ptr(omega),
+                               _opt_ptr(sv), m, &H[0, 0], &indptr[0],
                                _opt_idx(indices), _opt_val(values),
                                lr, wd, &spec, r_tol, &loss_out[0],
                                &grad_out[0, 0],
@@ -559,8 +558,8 @@ def online_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
 
 
 cdef int batch_run(Py_ssize_t D, int d, floating* V, floating* U,
-                   floating* Uinv, floating* Q, floating* omega,
-                   floating* wbar, int m, const floating* H,
+                   floating* Uinv, floating* M, floating* omega,
+                   floating* sv, int m, const floating* H,
                    const int64_t* indptr, const int64_t* indices,
                    const floating* values, const LossSpec* spec,
                    const floating* ga_in, const double* gq_in,
@@ -573,21 +572,22 @@ cdef int batch_run(Py_ssize_t D, int d, floating* V, floating* U,
     cdef double L
     cdef int status = STATUS_OK
     cdef floating* fwork = <floating*>malloc((2 * md + 2 * nnz + 1) * sizeof(floating))
-    cdef double* dwork = <double*>malloc(5 * m * sizeof(double))
+    cdef double* dwork = <double*>malloc(6 * m * sizeof(double))
     if fwork == NULL or dwork == NULL:
         free(fwork); free(dwork)
         return STATUS_NOMEM
     cdef floating* HU = fwork
-    cdef floating* HQ = HU + md
-    cdef floating* a = HQ + md
+    cdef floating* HUM = HU + md
+    cdef floating* a = HUM + md
     cdef floating* ga = a + nnz
     cdef double* q = dwork
     cdef double* s = q + m
     cdef double* Ho = s + m
     cdef double* gq = Ho + m
     cdef double* gs = gq + m
-    batch_forward(d, V, U, Q, omega, wbar, m, H, indptr, indices, HU, HQ, a,
-                  q, s, Ho)
+    cdef double* svu = gs + m
+    batch_forward(D, d, V, U, M, omega, sv, m, H, indptr, indices, HU, HUM,
+                  a, q, s, Ho, svu)
     if ga_in == NULL:
         for i in range(m):
             status = eval_loss(spec, indptr[i + 1] - indptr[i], a + indptr[i],
@@ -602,15 +602,15 @@ cdef int batch_run(Py_ssize_t D, int d, floating* V, floating* U,
         memcpy(gq, gq_in, m * sizeof(double))
         memcpy(gs, gs_in, m * sizeof(double))
     if status == STATUS_OK:
-        status = batch_backward(D, d, V, U, Uinv, Q, omega, wbar, m, H,
-                                indptr, indices, ga, gq, gs, s, Ho, HU, HQ,
-                                lr, wd, r_tol, grad_out, bad, bad_r)
+        status = batch_backward(D, d, V, U, Uinv, M, omega, sv, m, H,
+                                indptr, indices, ga, gq, gs, s, Ho, svu, HU,
+                                HUM, lr, wd, r_tol, grad_out, bad, bad_r)
     free(fwork); free(dwork)
     return status
 
 
 def batch_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
-               floating[:, ::1] Q, floating[::1] omega, floating[::1] wbar,
+               floating[:, ::1] M, floating[::1] omega, floating[::1] sv,
                const floating[:, ::1] H, const int64_t[::1] indptr,
                const int64_t[::1] indices, const floating[::1] values,
                double lr, double wd, int loss_kind,
@@ -627,8 +627,8 @@ def batch_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
         return STATUS_OK, bad, bad_r
     with nogil:
         status = batch_run(V.shape[0], <int>U.shape[0], &V[0, 0], &U[0, 0],
-                           &Uinv[0, 0], &Q[0, 0], _opt_ptr(omega),
-                           _opt_ptr(wbar), m, &H[0, 0], &indptr[0],
+                           &Uinv[0, 0], &M[0, 0], _opt_ptr(omega),
+                           _opt_ptr(sv), m, &H[0, 0], &indptr[0],
                            _opt_idx(indices), _opt_val(values), &spec,
                            NULL, NULL, NULL, lr, wd, r_tol, &loss_out[0],
                            &grad_out[0, 0], &bad, &bad_r)
@@ -636,7 +636,7 @@ def batch_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
 
 
 def backward(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
-             floating[:, ::1] Q, floating[::1] omega, floating[::1] wbar,
+             floating[:, ::1] M, floating[::1] omega, floating[::1] sv,
              const floating[:, ::1] H, const int64_t[::1] indptr,
              const int64_t[::1] indices, const floating[::1] grad_a,
              const double[::1] grad_q, const double[::1] grad_s, double lr,
@@ -653,8 +653,8 @@ def backward(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
     cdef floating dummy = 0
     with nogil:
         status = batch_run(V.shape[0], <int>U.shape[0], &V[0, 0], &U[0, 0],
-                           &Uinv[0, 0], &Q[0, 0], _opt_ptr(omega),
-                           _opt_ptr(wbar), m, &H[0, 0], &indptr[0],
+                           &Uinv[0, 0], &M[0, 0], _opt_ptr(omega),
+                           _opt_ptr(sv), m, &H[0, 0], &indptr[0],
                            _opt_idx(indices), NULL, &spec,
                            _opt_val(grad_a) if grad_a.shape[0] else &dummy,
                            &grad_q[0], &grad_s[0], lr, wd, r_tol, NULL,
@@ -662,29 +662,29 @@ def backward(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
     return status, bad, bad_r
 
 
-def forward(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Q,
-            floating[::1] omega, floating[::1] wbar, const floating[:, ::1] H,
+def forward(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] M,
+            floating[::1] omega, floating[::1] sv, const floating[:, ::1] H,
             const int64_t[::1] indptr, const int64_t[::1] indices,
             floating[::1] a_out, double[::1] q_out, double[::1] s_out):
     """a (outputs at ``indices``, CSR order), q and s (s = 0 when omega and
-    wbar are not kept) at the current state."""
+    sv are not kept) at the current state."""
     cdef int m = <int>H.shape[0], d = <int>U.shape[0]
     if m == 0:
         return
     cdef Py_ssize_t md = <Py_ssize_t>m * d
     cdef floating* work = <floating*>malloc((2 * md + indices.shape[0] + 1) * sizeof(floating))
-    cdef double* Ho = <double*>malloc(m * sizeof(double))
-    if work == NULL or Ho == NULL:
-        free(work); free(Ho)
+    cdef double* dwork = <double*>malloc(2 * m * sizeof(double))
+    if work == NULL or dwork == NULL:
+        free(work); free(dwork)
         raise MemoryError()
     with nogil:
-        batch_forward(d, &V[0, 0], &U[0, 0], &Q[0, 0], _opt_ptr(omega),
-                      _opt_ptr(wbar), m, &H[0, 0], &indptr[0],
+        batch_forward(V.shape[0], d, &V[0, 0], &U[0, 0], &M[0, 0],
+                      _opt_ptr(omega), _opt_ptr(sv), m, &H[0, 0], &indptr[0],
                       _opt_idx(indices), work, work + md, work + 2 * md,
-                      &q_out[0], &s_out[0], Ho)
+                      &q_out[0], &s_out[0], dwork, dwork + m)
     if a_out.shape[0]:
         memcpy(&a_out[0], work + 2 * md, a_out.shape[0] * sizeof(floating))
-    free(work); free(Ho)
+    free(work); free(dwork)
 
 
 def invert(double[:, ::1] A, double[:, ::1] out):
@@ -707,13 +707,20 @@ def invert(double[:, ::1] A, double[:, ::1] out):
     return info
 
 
-def rank1_rows_update(floating[:, ::1] V, const floating[::1] l, double beta):
-    """V <- V (I - beta l l^T), one pass over V without the GIL."""
-    if V.shape[0] == 0:
+MAX_RANK = FS_MAX_RANK
+
+
+def low_rank_rows_update(floating[:, ::1] V, const floating[:, ::1] L,
+                         const floating[::1] beta):
+    """V <- V (I - L^T diag(beta) L) for the k orthonormal rows of L
+    (k <= MAX_RANK), in one pass over V without the GIL."""
+    if V.shape[0] == 0 or L.shape[0] == 0:
         return
+    if L.shape[0] > FS_MAX_RANK:
+        raise ValueError(f"at most {FS_MAX_RANK} directions at once")
     with nogil:
-        rank1_rows(&V[0, 0], V.shape[1], V.shape[0], V.shape[1], &l[0],
-                   <floating>beta)
+        rankk_rows(&V[0, 0], V.shape[1], V.shape[0], V.shape[1], &L[0, 0],
+                   &beta[0], L.shape[0])
 
 
 # ------------------------------------------------- Python shims for tests

@@ -14,14 +14,15 @@ class FactoredOutputLayer(OutputLayerBase):
 
     Implements Vincent, de Brebisson and Bouthillier (NIPS 2015): the
     weights are kept factored as ``W = V U + 1 omega^T`` with ``V`` (D x d)
-    and ``U`` (d x d), together with ``U^{-1}`` and ``Q = W^T W``.  An SGD
-    step with a K-sparse target then costs O(d^2 + K d) instead of O(D d):
-    it updates U and its inverse by a rank-one (online) or rank-m
-    (minibatch, Woodbury) correction, Q by a symmetric rank-two update and
-    only the K target rows of V.  Every loss of the spherical family (a
-    function of the target outputs, ||o||^2 and sum(o)) is exact.  The
-    losses, gradients and weights are those of the naive dense layer
-    (:class:`fastsparse.NaiveOutputLayer`) to floating-point rounding.
+    and ``U`` (d x d), together with ``U^{-1}`` and ``M = V^T V`` (from
+    which ``W^T W`` follows in O(d^2)).  An SGD step with a K-sparse target
+    then costs O(d^2 + K d) instead of O(D d): it updates U and its inverse
+    by a rank-one (online) or rank-m (minibatch, Woodbury) correction, M by
+    a symmetric rank-two (rank-2m) update and only the K target rows of V.
+    Every loss of the spherical family (a function of the target outputs,
+    ||o||^2 and sum(o)) is exact.  The losses, gradients and weights are
+    those of the naive dense layer (:class:`fastsparse.NaiveOutputLayer`)
+    to floating-point rounding.
 
     Parameters
     ----------
@@ -56,7 +57,7 @@ class FactoredOutputLayer(OutputLayerBase):
 
     Notes
     -----
-    Building the layer costs one O(D d^2) pass (Q = W^T W); so do
+    Building the layer costs one O(D d^2) pass (M = V^T V); so do
     :meth:`weights` and :meth:`outputs` over all rows.  A step never does.
     A bias is handled as one more input fixed to 1 (one more column of W).
     """
@@ -78,11 +79,11 @@ class FactoredOutputLayer(OutputLayerBase):
         self._V = V
         self._U = np.eye(d, dtype=self.dtype)
         self._Uinv = np.eye(d, dtype=self.dtype)
-        self._Q = _gram(V)
-        # omega and wbar (the column sums of W) only when s is tracked
+        self._M = _gram(V)
+        # omega and sv (the column sums of V) only when s is tracked
         self._omega = np.zeros(d if track_sum else 0, dtype=self.dtype)
-        self._wbar = (_column_sums(V) if track_sum
-                      else np.zeros(0, dtype=self.dtype))
+        self._sv = (_column_sums(V) if track_sum
+                    else np.zeros(0, dtype=self.dtype))
         self._params = self.loss.params
 
     # -------------------------------------------------------------- state
@@ -139,7 +140,7 @@ class FactoredOutputLayer(OutputLayerBase):
 
     # ------------------------------------------------------------ compute
     def _state(self):
-        return (self._V, self._U, self._Uinv, self._Q, self._omega, self._wbar)
+        return (self._V, self._U, self._Uinv, self._M, self._omega, self._sv)
 
     def _forward(self, H, indptr, indices):
         Ha = self._augment(H)
@@ -148,7 +149,7 @@ class FactoredOutputLayer(OutputLayerBase):
         q = np.empty(m)
         s = np.empty(m)
         if m:
-            _core.forward(self._V, self._U, self._Q, self._omega, self._wbar,
+            _core.forward(self._V, self._U, self._M, self._omega, self._sv,
                           Ha, indptr, indices, a, q, s)
         return a, q, s
 
@@ -250,28 +251,16 @@ class FactoredOutputLayer(OutputLayerBase):
         Parameters
         ----------
         exact : bool, default True
-            True: recompute ``Q = W^T W`` and the column sums ``wbar``
-            exactly from V and U (O(D d^2), accumulated in float64) and the
-            inverse of U (O(d^3)).  False: only the inverse.
+            True: recompute ``M = V^T V`` and the column sums of V exactly
+            (O(D d^2), accumulated in float64) and the inverse of U
+            (O(d^3)).  False: only the inverse.
         """
         self._health.refresh_inverse(self)
         if not exact:
             return
-        V = self._V
-        G = np.zeros((V.shape[1], V.shape[1]))
-        v1 = np.zeros(V.shape[1])
-        for start in range(0, self.n_outputs, _CHUNK_ROWS):
-            Vc = V[start:start + _CHUNK_ROWS].astype(np.float64)
-            G += Vc.T @ Vc
-            v1 += Vc.sum(axis=0)
-        U = self._U.astype(np.float64)
-        Q = U.T @ G @ U
-        if self._omega.size:
-            om = self._omega.astype(np.float64)
-            Uv1 = U.T @ v1
-            Q += np.outer(Uv1, om) + np.outer(om, Uv1) + self.n_outputs * np.outer(om, om)
-            self._wbar[...] = Uv1 + self.n_outputs * om
-        self._Q[...] = Q
+        self._M[...] = _gram(self._V)
+        if self._sv.size:
+            self._sv[...] = _column_sums(self._V)
 
     def _provably_safe(self, Ha, tg, lr):
         """Whether no example of the call can be refused.

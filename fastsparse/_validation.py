@@ -230,9 +230,9 @@ def parse_targets(targets, m, n_outputs, dtype, names=("targets indices",
                              f"({m},), got {idx.shape}; use (indices, values) "
                              f"for several targets per example")
         _check_indices(idx, n_outputs, "targets")
-        csr = sp.csr_array(
-            (np.ones(m, dtype=dtype), idx.astype(np.int64),
-             np.arange(m + 1, dtype=np.int64)), shape=(m, n_outputs))
+        # one target per example: already in canonical CSR form
+        return Targets(np.arange(m + 1, dtype=np.int64),
+                       idx.astype(np.int64), np.ones(m, dtype=dtype))
     else:
         raise TypeError("targets must be an int array of shape (m,), a tuple "
                         "(indices, values) or a scipy.sparse matrix, got "

@@ -64,17 +64,24 @@ void fs_csr_gram_add_##S(ptrdiff_t m, const int64_t *indptr,                 \
     }                                                                         \
 }                                                                             \
                                                                               \
-void fs_rank1_rows_##S(T *V, ptrdiff_t ldv, ptrdiff_t n_rows,           \
-                            ptrdiff_t d, const T *l, T beta)                  \
+void fs_rankk_rows_##S(T *V, ptrdiff_t ldv, ptrdiff_t n_rows, ptrdiff_t d,   \
+                       const T *L, const T *beta, ptrdiff_t k)                \
 {                                                                             \
+    T t[FS_MAX_RANK];                                                         \
     for (ptrdiff_t j = 0; j < n_rows; ++j) {                                  \
         T *row = V + j * ldv;                                                 \
-        T t = 0;                                                              \
-        for (ptrdiff_t c = 0; c < d; ++c)                                     \
-            t += row[c] * l[c];                                               \
-        t *= beta;                                                            \
-        for (ptrdiff_t c = 0; c < d; ++c)                                     \
-            row[c] -= t * l[c];                                               \
+        for (ptrdiff_t i = 0; i < k; ++i) {                                   \
+            const T *l = L + i * d;                                           \
+            T acc = 0;                                                        \
+            for (ptrdiff_t c = 0; c < d; ++c)                                 \
+                acc += row[c] * l[c];                                         \
+            t[i] = beta[i] * acc;                                             \
+        }                                                                     \
+        for (ptrdiff_t i = 0; i < k; ++i) {                                   \
+            const T *l = L + i * d;                                           \
+            for (ptrdiff_t c = 0; c < d; ++c)                                 \
+                row[c] -= t[i] * l[c];                                        \
+        }                                                                     \
     }                                                                         \
 }
 

@@ -1,5 +1,5 @@
 /* Small non-BLAS kernels of fastsparse: sparse gathers/scatters of the rows
- * of V, sparse dot products, and the fused rank-one pass over V used by the
+ * of V, sparse dot products, and the fused low-rank pass over V used by the
  * renormalisation.  Row-major V (n_rows x d, leading dimension
  * ldv); row indices are int64 and are trusted (validated in Python).
  * Each kernel exists for float (_s) and double (_d). No validation here. */
@@ -8,6 +8,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#define FS_MAX_RANK 64
 
 #define FS_DECLARE(T, S)                                                      \
 /* out[k] = V[idx[k]] . u  for k < n */                                       \
@@ -25,10 +27,11 @@ void fs_scatter_axpy_##S(T *V, ptrdiff_t ldv, const int64_t *idx,             \
  * G is m x m row-major. */                                                   \
 void fs_csr_gram_add_##S(ptrdiff_t m, const int64_t *indptr,                 \
                          const int64_t *indices, const T *values, T *G);      \
-/* V[j] -= beta (V[j] . l) l for every row j < n_rows, in one pass over V    \
- * (V <- V (I - beta l l^T)). */                                                  \
-void fs_rank1_rows_##S(T *V, ptrdiff_t ldv, ptrdiff_t n_rows,           \
-                            ptrdiff_t d, const T *l, T beta);
+/* V[j] -= sum_i beta[i] (V[j] . L[i]) L[i] for every row j < n_rows, in one \
+ * pass over V (V <- V (I - L^T diag(beta) L)); L is k x d row-major,       \
+ * k <= FS_MAX_RANK. */                                                       \
+void fs_rankk_rows_##S(T *V, ptrdiff_t ldv, ptrdiff_t n_rows, ptrdiff_t d,   \
+                       const T *L, const T *beta, ptrdiff_t k);
 
 FS_DECLARE(float, s)
 FS_DECLARE(double, d)

@@ -1,0 +1,221 @@
+"""Numerical health: each corrective action leaves W unchanged, the control
+keeps long runs exact, weight decay is exact, broken state is reported."""
+import numpy as np
+import pytest
+
+from fastsparse import FactoredOutputLayer, NaiveOutputLayer
+from conftest import rel_err
+
+
+def _drifted(dtype=np.float64, D=400, d=8, steps=20, seed=0, **kw):
+    """A layer whose U is far from the identity and ill-conditioned
+    (activations with a non-zero mean contract U along it)."""
+    rng = np.random.default_rng(seed)
+    layer = FactoredOutputLayer.from_weights(rng.standard_normal((D, d)),
+                                             dtype=dtype, stability=False, **kw)
+    for _ in range(steps):
+        layer.step(np.tanh(rng.standard_normal((1, d)) + 0.5), rng.integers(0, D, 1),
+                   0.05, mode="online")
+    return layer
+
+
+def _full(S):
+    up = np.triu(S)
+    return up + np.triu(up, 1).T
+
+
+def _assert_consistent(layer, W_before, tol=1e-12):
+    """W unchanged, Uinv = U^-1, M = V^T V, sv = V^T 1."""
+    assert rel_err(layer.weights(), W_before) < tol
+    d = layer._U.shape[0]
+    assert np.abs(layer._U @ layer._Uinv - np.eye(d)).max() < 1e3 * tol
+    assert rel_err(_full(layer._M), layer._V.T @ layer._V) < tol
+    if layer._sv.size:
+        assert rel_err(layer._sv, layer._V.sum(0)) < tol
+
+
+@pytest.mark.parametrize("action", ["_renormalize", "_rescale", "refactorize",
+                                    "refresh_inverse"])
+@pytest.mark.parametrize("track_sum", [False, True])
+def test_each_action_leaves_W_unchanged(action, track_sum):
+    layer = _drifted(track_sum=track_sum, bias=True)
+    hc = layer._health
+    hc._estimate(layer, iterations=50)
+    cond = hc.estimates["cond"]
+    assert cond > 50   # the fixture really is ill-conditioned
+    W, b, U = layer.weights(), layer.bias(), layer._U.copy()
+    if action == "_rescale":
+        hc.estimates["sigma_max"] = 2.0 ** 40   # pretend it left the range
+    getattr(hc, action)(layer)
+    _assert_consistent(layer, W)
+    assert rel_err(layer.bias(), b) < 1e-12
+    if action == "_rescale":   # a power of two: exact
+        np.testing.assert_array_equal(layer._U, U * 2.0 ** -40)
+    hc._estimate(layer, iterations=50)
+    if action in ("_renormalize", "refactorize"):
+        assert hc.estimates["cond"] < cond / 10
+
+
+def test_power_iteration_estimates_match_svd():
+    layer = _drifted()
+    hc = layer._health
+    hc._estimate(layer, iterations=200)
+    s = np.linalg.svd(layer._U, compute_uv=False)
+    np.testing.assert_allclose(hc.estimates["sigma_max"], s[0], rtol=1e-6)
+    np.testing.assert_allclose(hc.estimates["sigma_min"], s[-1], rtol=1e-6)
+
+
+def test_control_keeps_cond_bounded_and_reports():
+    rng = np.random.default_rng(1)
+    layer = FactoredOutputLayer.from_weights(rng.standard_normal((400, 8)),
+                                             stability={"max_cond": 20.0})
+    naive = NaiveOutputLayer.from_weights(layer.weights())
+    for _ in range(40):
+        H = np.tanh(rng.standard_normal((8, 8)) + 0.5)
+        t = rng.integers(0, 400, 8)
+        layer.step(H, t, 0.05, mode="online")
+        naive.step(H, t, 0.05, mode="online")
+    h = layer.health()
+    for key in ("sigma_max", "sigma_min", "cond", "inverse_error", "steps",
+                "steps_since_renormalization", "n_checks", "n_inverse_refreshes",
+                "n_renormalizations", "n_rescales", "n_refactorizations",
+                "control_seconds", "check_interval"):
+        assert key in h
+    assert h["steps"] == 320
+    assert h["n_renormalizations"] + h["n_refactorizations"] > 0
+    assert h["cond"] < 20 * 1.5
+    assert rel_err(layer.weights(), naive.weights()) < 1e-9
+    # the same run without control is badly conditioned
+    off = _drifted(steps=320)
+    assert off.health()["cond"] > 1e3
+    # and the full run above did need corrections
+    assert layer._health.counts["renormalizations"] > 0
+
+
+def test_refresh_recomputes_M_exactly():
+    layer = _drifted(track_sum=True)
+    W = layer.weights()
+    layer._M += 1e-3          # pretend M drifted
+    layer._sv -= 1e-3
+    layer.refresh()
+    _assert_consistent(layer, W)
+    layer._Uinv *= 1.001
+    layer.refresh(exact=False)
+    assert np.abs(layer._U @ layer._Uinv - np.eye(8)).max() < 1e-10
+
+
+@pytest.mark.parametrize("mode", ["online", "batch"])
+@pytest.mark.parametrize("loss,bias", [("squared", False), ("taylor_softmax", True)])
+def test_weight_decay_matches_dense(mode, loss, bias):
+    rng = np.random.default_rng(2)
+    W0 = rng.standard_normal((300, 6)) / 3
+    f = FactoredOutputLayer.from_weights(W0, loss=loss, bias=bias)
+    n = NaiveOutputLayer.from_weights(W0, loss=loss, bias=bias)
+    for _ in range(30):
+        H = 0.3 * rng.standard_normal((4, 6))
+        t = rng.integers(0, 300, 4)
+        lf, gf = f.step(H, t, 0.05, mode=mode, weight_decay=0.1)
+        ln, gn = n.step(H, t, 0.05, mode=mode, weight_decay=0.1)
+        assert rel_err(lf, ln) < 1e-10 and rel_err(gf, gn) < 1e-10
+    assert rel_err(f.weights(), n.weights()) < 1e-10
+    if bias:
+        assert rel_err(f.bias(), n.bias()) < 1e-10
+    # and it did decay: without it the weights differ
+    n2 = NaiveOutputLayer.from_weights(W0, loss=loss, bias=bias)
+    assert rel_err(n2.weights(), n.weights()) > 1e-3
+
+
+def test_weight_decay_alone_is_exact_scaling():
+    rng = np.random.default_rng(3)
+    W0 = rng.standard_normal((100, 5))
+    f = FactoredOutputLayer.from_weights(W0)
+    f.step(np.zeros((3, 5)), np.arange(3), 0.1, mode="online", weight_decay=0.5)
+    np.testing.assert_allclose(f.weights(), W0 * 0.95 ** 3, rtol=1e-13)
+
+
+def test_weight_decay_validation():
+    f = FactoredOutputLayer(10, 3)
+    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+        f.step(np.ones((1, 3)), np.array([1]), 0.1, weight_decay=-1)
+    with pytest.raises(ValueError, match=r"lr \* weight_decay must be < 1"):
+        f.step(np.ones((1, 3)), np.array([1]), 0.5, weight_decay=2)
+
+
+@pytest.mark.parametrize("mode", ["online", "batch"])
+@pytest.mark.parametrize("where", ["_U", "_Uinv", "_M"])
+def test_non_finite_state_is_reported_not_propagated(mode, where):
+    layer = FactoredOutputLayer.from_weights(np.random.default_rng(4).standard_normal((50, 4)))
+    getattr(layer, where)[1, 1] = np.nan
+    V_before = layer._V.copy()
+    with pytest.raises(FloatingPointError, match="not finite|non-finite"):
+        layer.step(np.ones((2, 4)), np.array([3, 4]), 0.01, mode=mode)
+    np.testing.assert_array_equal(layer._V, V_before)   # nothing spread into V
+    with pytest.raises(FloatingPointError, match="non-finite values"):
+        layer.health()
+
+
+def test_stability_knobs_are_validated():
+    with pytest.raises(ValueError, match="check_every must be an integer >= 1"):
+        FactoredOutputLayer(10, 3, stability={"check_every": 0})
+    with pytest.raises(ValueError, match="max_cond must be > 1"):
+        FactoredOutputLayer(10, 3, stability={"max_cond": 0.5})
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        FactoredOutputLayer(10, 3, stability={"bogus": 1})
+    with pytest.raises(TypeError, match="stability must be"):
+        FactoredOutputLayer(10, 3, stability="yes")
+    assert not FactoredOutputLayer(10, 3, stability=False)._health.enabled
+
+
+# ---- long runs: float32 factored vs float64 dense ---------------------------
+def _long_run(mode, n_updates, m, lr):
+    """Train a controlled and an uncontrolled float32 factored layer and a
+    float64 dense reference on the same data: activations tanh(z + 0.1)
+    (hidden units of a language model, with a small mean), Zipf targets.
+    Returns the worst relative error of W (sampled ten times) and of the
+    losses, for both factored layers, and the controlled layer's health."""
+    from threadpoolctl import threadpool_limits
+    D, d = 20_000, 64
+    rng = np.random.default_rng(0)
+    W0 = (0.1 * rng.standard_normal((D, d))).astype(np.float32)
+    ref = NaiveOutputLayer.from_weights(W0, dtype=np.float64)
+    layers = {"on": FactoredOutputLayer.from_weights(W0),
+              "off": FactoredOutputLayer.from_weights(W0, stability=False)}
+    zipf = 1.0 / np.arange(1, D + 1)
+    zipf /= zipf.sum()
+    w_err = dict.fromkeys(layers, 0.0)
+    l_err = dict.fromkeys(layers, 0.0)
+    calls = n_updates // m if mode == "online" else n_updates
+    # the uncontrolled layer's weights may overflow: measuring them warns
+    with threadpool_limits(1), np.errstate(over="ignore", invalid="ignore"):
+        for c in range(calls):
+            H = np.tanh(rng.standard_normal((m, d)) + 0.1).astype(np.float32)
+            t = rng.choice(D, size=m, p=zipf)
+            loss_ref, _ = ref.step(H, t, lr, mode=mode)
+            for name, layer in layers.items():
+                if w_err[name] == np.inf:
+                    continue
+                try:
+                    loss, _ = layer.step(H, t, lr, mode=mode)
+                except FloatingPointError:    # the uncontrolled one may break
+                    w_err[name] = l_err[name] = np.inf
+                    continue
+                l_err[name] = max(l_err[name], rel_err(loss, loss_ref))
+            if (c + 1) % (calls // 10) == 0:
+                W = ref.weights()
+                for name, layer in layers.items():
+                    if w_err[name] < np.inf:
+                        w_err[name] = max(w_err[name], rel_err(layer.weights(), W))
+    return w_err, l_err, layers["on"].health()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,n_updates,m,lr", [("online", 100_000, 64, 8e-4),
+                                                 ("batch", 5_000, 64, 2e-4)])
+def test_long_float32_run_stays_exact(mode, n_updates, m, lr):
+    w_err, l_err, health = _long_run(mode, n_updates, m, lr)
+    # with the control: W within 1e-4 throughout, losses to float32 rounding
+    assert w_err["on"] < 1e-4, (w_err, health)
+    assert l_err["on"] < 1e-5, (l_err, health)
+    # without it the same run drifts measurably
+    assert w_err["off"] > 10 * max(w_err["on"], 1e-5), (w_err, health)
+    assert health["cond"] <= 1.5 * 30
