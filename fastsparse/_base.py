@@ -9,8 +9,11 @@ subclasses implement the computations on trusted input:
   -> grad_H
 * ``_outputs(H, rows)``, ``weights()``, ``bias()``
 """
+import threading
+
 import numpy as np
 
+from ._threads import compute, locked
 from .losses import get_loss
 from ._validation import (check_dtype, check_hidden, check_index_matrix,
                           check_lr, check_mode, check_rows, check_size,
@@ -92,6 +95,8 @@ class OutputLayerBase:
     n_outputs: int
     n_hidden: int
     dtype: np.dtype
+    #: whether its compute calls run BLAS single-threaded (fastsparse._threads)
+    _single_thread_blas = False
 
     # ------------------------------------------------------- construction
     def __init__(self, n_outputs, n_hidden, *, dtype=np.float32, seed=None,
@@ -140,6 +145,7 @@ class OutputLayerBase:
         return loss, bool(track_sum)
 
     def _setup(self, W, b, loss, track_sum):
+        self._lock = threading.RLock()   # see fastsparse._threads
         self.n_outputs, self.n_hidden = W.shape
         self.dtype = W.dtype
         self.loss = loss
@@ -147,6 +153,7 @@ class OutputLayerBase:
         self.track_sum = track_sum
 
     # ------------------------------------------------------------------ API
+    @compute
     def step(self, H, targets, lr, *, mode="batch", weight_decay=0.0):
         """Compute losses and gradients, then apply one SGD step.
 
@@ -200,6 +207,7 @@ class OutputLayerBase:
             return self._empty_result(0)
         return self._step(H, tg, lr, mode, wd)
 
+    @compute
     def loss_and_grad(self, H, targets):
         """Per-example losses and dL/dH at the current weights, no update.
 
@@ -210,6 +218,7 @@ class OutputLayerBase:
             return self._empty_result(0)
         return self._step(H, tg, 0.0, "batch", 0.0)
 
+    @compute
     def forward(self, H, indices):
         """The statistics every loss of the spherical family is made of.
 
@@ -238,6 +247,7 @@ class OutputLayerBase:
         return (a.reshape(m, K), q.astype(self.dtype),
                 s.astype(self.dtype) if self.track_sum else None)
 
+    @compute
     def backward(self, H, indices, grad_a, grad_q, grad_s, lr, *,
                  weight_decay=0.0):
         """dL/dH for any loss of (a, q, s), and the exact minibatch update.
@@ -280,6 +290,7 @@ class OutputLayerBase:
             return self._empty_result(0)[1]
         return self._backward(H, tg, gq, gs, lr, wd)
 
+    @compute
     def predict_proba(self, H, rows=None):
         """Probabilities of the chosen outputs, for softmax-like losses.
 
@@ -309,6 +320,7 @@ class OutputLayerBase:
         o = self._outputs(H, rows).astype(np.float64)
         return self.loss.proba(o, q, s, self.n_outputs).astype(self.dtype)
 
+    @locked
     def outputs(self, H, rows=None):
         """Outputs ``o = W h (+ b)`` for the given output rows.
 

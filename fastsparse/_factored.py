@@ -4,6 +4,7 @@ import numpy as np
 from . import _core
 from ._base import _CHUNK_ROWS, _COMMON_PARAMS_DOC, OutputLayerBase
 from ._health import StabilityControl
+from ._threads import compute, locked
 from .losses import SquaredError
 
 _S = _core.Status
@@ -63,6 +64,7 @@ class FactoredOutputLayer(OutputLayerBase):
     """
 
     min_abs_r = 1e-3
+    _single_thread_blas = True   # its BLAS calls are d x d: see _threads
 
     def _setup(self, W, b, loss, track_sum, stability=None):
         super()._setup(W, b, loss, track_sum)
@@ -97,6 +99,7 @@ class FactoredOutputLayer(OutputLayerBase):
             W += self._omega
         return W
 
+    @locked
     def weights(self):
         """The dense weights ``W = V U``, shape (n_outputs, n_hidden).
 
@@ -106,6 +109,7 @@ class FactoredOutputLayer(OutputLayerBase):
         W = self._dense()
         return np.ascontiguousarray(W[:, :self.n_hidden]) if self.has_bias else W
 
+    @locked
     def bias(self):
         """The output bias b, shape (n_outputs,), or None without bias.
 
@@ -226,6 +230,7 @@ class FactoredOutputLayer(OutputLayerBase):
             self._raise_status(status, offset + bad, bad_r, applied)
 
     # ------------------------------------------------------------- health
+    @compute
     def health(self):
         """Fresh estimates of the numerical health of the state, and counts.
 
@@ -245,6 +250,7 @@ class FactoredOutputLayer(OutputLayerBase):
         self._health.check(self, correct=False)
         return self._health.report()
 
+    @locked
     def refresh(self, exact=True):
         """Recompute derived state from the factors.
 

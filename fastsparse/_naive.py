@@ -3,6 +3,7 @@ import numpy as np
 from scipy.linalg import blas
 
 from ._base import _COMMON_PARAMS_DOC, OutputLayerBase
+from ._threads import locked
 from .losses import SquaredError
 
 
@@ -37,10 +38,12 @@ class NaiveOutputLayer(OutputLayerBase):
         self._ger = getattr(blas, p + "ger")
         self._gemm = getattr(blas, p + "gemm")
 
+    @locked
     def weights(self):
         """A copy of the dense weights W, shape (n_outputs, n_hidden)."""
         return self._W.copy()
 
+    @locked
     def bias(self):
         """A copy of the output bias b (n_outputs,), or None without bias."""
         return None if self._b is None else self._b.copy()
