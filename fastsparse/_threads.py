@@ -7,24 +7,33 @@
   different layers run in parallel.
 * The step's BLAS calls are small (d x d); on a multi-core machine a
   multi-threaded BLAS makes them several times slower (thread wake-ups for
-  microsecond calls; measured 10x at d = 256 on 2 cores).  While any layer
-  computes, BLAS is therefore limited to one thread, through one
-  threadpoolctl controller created once; the previous limits come back
-  when the last concurrent call ends (a count, so that concurrent calls do
-  not race on the process-wide setting).  Dense O(D d^2) work (weights(),
-  outputs()) keeps the configured threads.
+  microsecond calls; measured 10x at d = 256 on 2 cores).  While layers
+  compute, BLAS is therefore limited to one thread, through one
+  threadpoolctl controller created once.  The setting is process-wide, and
+  switching it back and forth between calls is ruinous (measured: two
+  threads training one layer each fell from 16 000 to 85 examples/s, as
+  re-enabled BLAS worker threads woke up between calls), so the previous
+  limits come back only once no layer call has run for ``IDLE_RESTORE``
+  seconds (a daemon thread watches, and exits once it has restored them).
+  Dense O(D d^2) work (weights(), outputs(), the naive layer) keeps the
+  configured threads.
 * A warning is issued once when more layer calls run at once than there
   are cores: they would time-share the cores (oversubscription).
 """
 import functools
 import os
 import threading
+import time
 import warnings
+
+#: seconds without any layer call after which BLAS limits are restored
+IDLE_RESTORE = 0.05
 
 _state_lock = threading.Lock()
 _active = 0
 _controller = None
-_restore = None
+_restore = None          # the threadpoolctl limiter while BLAS is limited
+_last_exit = 0.0
 _warned = False
 
 
@@ -45,14 +54,30 @@ def _blas_controller():
     return _controller
 
 
+def _restorer():
+    """Restore the BLAS limits once layer calls have stopped for a while."""
+    global _restore
+    while True:
+        time.sleep(IDLE_RESTORE)
+        with _state_lock:
+            if _restore is None:
+                return
+            if _active == 0 and time.monotonic() - _last_exit >= IDLE_RESTORE:
+                _restore.restore_original_limits()
+                _restore = None
+                return
+
+
 def _enter():
     global _active, _restore, _warned
     with _state_lock:
         _active += 1
-        if _active == 1:
+        if _restore is None:
             ctl = _blas_controller()
             if any(lib.num_threads > 1 for lib in ctl.lib_controllers):
                 _restore = ctl.limit(limits=1)
+                threading.Thread(target=_restorer, daemon=True,
+                                 name="fastsparse-blas-restore").start()
         if _active > _n_cores() and not _warned:
             _warned = True
             warnings.warn(
@@ -62,12 +87,10 @@ def _enter():
 
 
 def _exit():
-    global _active, _restore
+    global _active, _last_exit
     with _state_lock:
         _active -= 1
-        if _active == 0 and _restore is not None:
-            _restore.restore_original_limits()
-            _restore = None
+        _last_exit = time.monotonic()
 
 
 def compute(method):
