@@ -218,6 +218,9 @@ def parse_targets(targets, m, n_outputs, dtype, names=("targets indices",
                 raise ValueError(f"{vname} must have the shape of the "
                                  f"indices {idx.shape}, got {val.shape}")
         K = idx.shape[1]
+        if K == 0:  # no target in any example
+            return Targets(np.zeros(m + 1, dtype=np.int64),
+                           np.zeros(0, dtype=np.int64), np.zeros(0, dtype=dtype))
         # Copies: sum_duplicates sorts in place, never the caller's arrays.
         csr = sp.csr_array(
             (val.ravel().copy(), idx.astype(np.int64).ravel(),

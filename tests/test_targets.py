@@ -88,6 +88,17 @@ def test_parse_targets_never_modifies_the_callers_arrays():
     np.testing.assert_array_equal(Y.indices, [9, 3])
 
 
+@pytest.mark.parametrize("cls", LAYERS)
+def test_no_targets_at_all(cls):
+    # K = 0: the loss only sees q (and s); same as an all-zero sparse target
+    H = 0.3 * np.random.default_rng(5).standard_normal((3, 6))
+    a, b = _layer(cls), _layer(cls)
+    la, ga = a.step(H, (np.zeros((3, 0), dtype=int), None), 0.05, mode="online")
+    lb, gb = b.step(H, sp.csr_array((3, 100)), 0.05, mode="online")
+    np.testing.assert_array_equal(la, lb)
+    np.testing.assert_array_equal(ga, gb)
+
+
 def test_empty_minibatch():
     layer = _layer(FactoredOutputLayer)
     loss, grad = layer.step(np.zeros((0, 6)), np.zeros(0, dtype=int), 0.1)
