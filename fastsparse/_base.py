@@ -9,10 +9,12 @@ subclasses implement the computations on trusted input:
   -> grad_H
 * ``_outputs(H, rows)``, ``weights()``, ``bias()``
 """
+import os
 import threading
 
 import numpy as np
 
+from . import _checkpoint
 from ._threads import compute, locked
 from .losses import get_loss
 from ._validation import (check_dtype, check_hidden, check_index_matrix,
@@ -53,13 +55,15 @@ def random_weights(n_outputs, n_hidden, dtype, seed, init_scale):
     return W
 
 
-def check_initial_weights(W, dtype, bias):
+def check_initial_weights(W, dtype, bias, copy=True):
     """Validate user weights for ``from_weights``.
 
-    Returns (W, b) as fresh C-contiguous arrays of the chosen dtype; b is
-    None without bias, zeros for ``bias=True``.
+    Returns (W, b): W a fresh C-contiguous array of the chosen dtype (or,
+    with ``copy=False``, the caller's own array, which must already be one,
+    e.g. a writable ``numpy.memmap``); b None without bias, zeros for
+    ``bias=True``.
     """
-    arr = np.asarray(W)
+    arr = W if not copy and isinstance(W, np.ndarray) else np.asarray(W)
     if dtype is None:
         if arr.dtype not in (np.float32, np.float64):
             raise TypeError(f"W must be a float32 or float64 array (or pass "
@@ -73,9 +77,19 @@ def check_initial_weights(W, dtype, bias):
         raise ValueError(f"W must have shape (n_outputs, n_hidden), got shape {arr.shape}")
     check_size(arr.shape[0], "n_outputs")
     check_size(arr.shape[1], "n_hidden")
-    W = np.array(arr, dtype=dtype, order="C", copy=True)
-    if not np.isfinite(W).all():
-        raise ValueError("W contains non-finite values (NaN or Inf)")
+    if copy:
+        W = np.array(arr, dtype=dtype, order="C", copy=True)
+    else:
+        if not isinstance(W, np.ndarray) or W.dtype != dtype:
+            raise TypeError(f"copy=False needs W to be a NumPy array of dtype "
+                            f"{dtype.name} (e.g. a numpy.memmap), got "
+                            f"{type(W).__name__} of dtype {arr.dtype}")
+        if not (W.flags.c_contiguous and W.flags.writeable):
+            raise ValueError("copy=False needs W to be C-contiguous and writable "
+                             "(the layer trains it in place)")
+    for start in range(0, W.shape[0], _CHUNK_ROWS):   # no D x d temporary
+        if not np.isfinite(W[start:start + _CHUNK_ROWS]).all():
+            raise ValueError("W contains non-finite values (NaN or Inf)")
     if bias is None or bias is False:
         return W, None
     if bias is True:
@@ -97,6 +111,8 @@ class OutputLayerBase:
     dtype: np.dtype
     #: whether its compute calls run BLAS single-threaded (fastsparse._threads)
     _single_thread_blas = False
+    #: whether the bias is stored as one more column of the weights array
+    _bias_in_V = False
 
     # ------------------------------------------------------- construction
     def __init__(self, n_outputs, n_hidden, *, dtype=np.float32, seed=None,
@@ -112,7 +128,7 @@ class OutputLayerBase:
 
     @classmethod
     def from_weights(cls, W, dtype=None, *, bias=None, loss="squared",
-                     track_sum=None, **options):
+                     track_sum=None, copy=True, **options):
         """A layer whose weights are a copy of ``W``.
 
         Parameters
@@ -125,8 +141,19 @@ class OutputLayerBase:
             None/False for no bias.
         loss, track_sum, **options
             As in the constructor.
+        copy : bool, default True
+            False: train ``W`` itself in place instead of a copy (it becomes
+            the factored layer's V, or the naive layer's W).  It must be a
+            C-contiguous, writable array of the layer's dtype, typically a
+            ``numpy.memmap`` of a file when D x d does not fit in memory: a
+            step reads and writes only the target rows (building the layer
+            and the rare renormalisations pass over all of it).  Not with a
+            bias in the factored layer (it needs one more column).
         """
-        W, b = check_initial_weights(W, dtype, bias)
+        if not copy and bias is not None and bias is not False and cls._bias_in_V:
+            raise ValueError("copy=False cannot be combined with a bias in the "
+                             "factored layer (the bias is one more column of V)")
+        W, b = check_initial_weights(W, dtype, bias, copy)
         loss, track_sum = cls._check_config(loss, track_sum)
         self = cls.__new__(cls)
         self._setup(W, b, loss, track_sum, **options)
@@ -145,12 +172,64 @@ class OutputLayerBase:
         return loss, bool(track_sum)
 
     def _setup(self, W, b, loss, track_sum):
+        self._configure(W.shape[0], W.shape[1], W.dtype, loss, b is not None,
+                        track_sum)
+
+    def _configure(self, n_outputs, n_hidden, dtype, loss, has_bias, track_sum):
         self._lock = threading.RLock()   # see fastsparse._threads
-        self.n_outputs, self.n_hidden = W.shape
-        self.dtype = W.dtype
+        self.n_outputs, self.n_hidden = n_outputs, n_hidden
+        self.dtype = np.dtype(dtype)
         self.loss = loss
-        self.has_bias = b is not None
+        self.has_bias = has_bias
         self.track_sum = track_sum
+
+    # -------------------------------------------------------- checkpoints
+    @locked
+    def save(self, path):
+        """Save the exact state of the layer to ``path`` (atomically).
+
+        The file (a NumPy ``.npz`` archive, no pickle) holds every state
+        array, the configuration (loss and its parameters, bias, dtype) and,
+        for the factored layer, the numerical-health control's knobs,
+        counters and estimates, with a digest of every array.  It is written
+        to a temporary file and renamed over ``path``: a crash mid-save
+        leaves a previous file at ``path`` intact.  A callable loss is not
+        saved (pass it again to :meth:`load`).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        """
+        meta = {"dtype": self.dtype.name, "n_outputs": self.n_outputs,
+                "n_hidden": self.n_hidden, "has_bias": self.has_bias,
+                "track_sum": self.track_sum,
+                "loss": _checkpoint.loss_to_dict(self.loss)}
+        meta.update(self._checkpoint_meta())
+        _checkpoint.save(self, path, meta, self._checkpoint_arrays())
+
+    @classmethod
+    def load(cls, path, *, loss=None):
+        """A layer with the exact state saved by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        loss : callable, optional
+            Only for a layer saved with a callable loss: the callable.
+
+        Raises
+        ------
+        ValueError
+            If the file is not a checkpoint of this class, is truncated or
+            corrupted (digest mismatch), or its state is inconsistent.
+        """
+        meta, arrays = _checkpoint.load(cls, path)
+        self = cls.__new__(cls)
+        self._configure(meta["n_outputs"], meta["n_hidden"], meta["dtype"],
+                        _checkpoint.loss_from_dict(meta["loss"], loss),
+                        meta["has_bias"], meta["track_sum"])
+        self._restore_checkpoint(os.fspath(path), meta, arrays)
+        return self
 
     # ------------------------------------------------------------------ API
     @compute
@@ -340,6 +419,66 @@ class OutputLayerBase:
         if rows is not None:
             rows = check_rows(rows, self.n_outputs)
         return self._outputs(H, rows)
+
+    @locked
+    def topk(self, H, k):
+        """The k highest-scoring outputs of each example, over all D outputs.
+
+        Computed in chunks of output rows (BLAS-3 products), so memory stays
+        bounded by m x (chunk + k) whatever D.
+
+        Parameters
+        ----------
+        H : array_like of shape (m, n_hidden)
+        k : int, 1 <= k <= n_outputs
+
+        Returns
+        -------
+        indices : ndarray of int64, shape (m, k)
+            Output indices, by decreasing score (ties: lower index first).
+        scores : ndarray of shape (m, k)
+            Their outputs ``o = W h (+ b)``.
+        """
+        H = check_hidden(H, self.n_hidden, self.dtype)
+        k = check_size(k, "k")
+        if k > self.n_outputs:
+            raise ValueError(f"k must be <= n_outputs = {self.n_outputs}, got {k}")
+        m = H.shape[0]
+        best_s = np.empty((m, 0), dtype=self.dtype)
+        best_i = np.empty((m, 0), dtype=np.int64)
+        for start in range(0, self.n_outputs, _CHUNK_ROWS):
+            stop = min(start + _CHUNK_ROWS, self.n_outputs)
+            cand_s = np.concatenate([best_s, self._outputs(H, slice(start, stop))], 1)
+            cand_i = np.concatenate(
+                [best_i, np.broadcast_to(np.arange(start, stop), (m, stop - start))], 1)
+            if cand_s.shape[1] > k:
+                part = np.argpartition(-cand_s, k - 1, axis=1)[:, :k]
+                cand_s = np.take_along_axis(cand_s, part, 1)
+                cand_i = np.take_along_axis(cand_i, part, 1)
+            best_s, best_i = cand_s, cand_i
+        order = np.lexsort((best_i, -best_s), axis=1)
+        return (np.take_along_axis(best_i, order, 1),
+                np.take_along_axis(best_s, order, 1))
+
+    @locked
+    def export_weights(self, path):
+        """Write the dense weights W (n_outputs, n_hidden) to a ``.npy`` file,
+        in chunks of rows (memory stays bounded; read it back with
+        ``numpy.load(path, mmap_mode="r")``).  The bias, if any, is
+        :meth:`bias`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+        """
+        out = np.lib.format.open_memmap(os.fspath(path), mode="w+",
+                                        dtype=self.dtype,
+                                        shape=(self.n_outputs, self.n_hidden))
+        for start in range(0, self.n_outputs, _CHUNK_ROWS):
+            sl = slice(start, min(start + _CHUNK_ROWS, self.n_outputs))
+            out[sl] = self._weight_rows(sl)
+        out.flush()
+        del out
 
     # ------------------------------------------------------------- helpers
     def _check_inputs(self, H, targets):

@@ -1,7 +1,7 @@
 """The factored output layer: exact SGD in O(d^2 + K d) per example."""
 import numpy as np
 
-from . import _core
+from . import _checkpoint, _core
 from ._base import _CHUNK_ROWS, _COMMON_PARAMS_DOC, OutputLayerBase
 from ._health import StabilityControl
 from ._threads import compute, locked
@@ -65,6 +65,7 @@ class FactoredOutputLayer(OutputLayerBase):
 
     min_abs_r = 1e-3
     _single_thread_blas = True   # its BLAS calls are d x d: see _threads
+    _bias_in_V = True
 
     def _setup(self, W, b, loss, track_sum, stability=None):
         super()._setup(W, b, loss, track_sum)
@@ -89,15 +90,12 @@ class FactoredOutputLayer(OutputLayerBase):
         self._params = self.loss.params
 
     # -------------------------------------------------------------- state
-    def _dense(self):
-        """W (with the bias as its last column), in chunks of rows."""
-        W = np.empty_like(self._V)
-        for start in range(0, self.n_outputs, _CHUNK_ROWS):
-            sl = slice(start, start + _CHUNK_ROWS)
-            np.matmul(self._V[sl], self._U, out=W[sl])
+    def _weight_rows(self, rows):
+        """Rows of W (without the bias column): V[rows] U (+ omega)."""
+        W = self._V[rows] @ self._U
         if self._omega.size:
             W += self._omega
-        return W
+        return W[:, :self.n_hidden] if self.has_bias else W
 
     @locked
     def weights(self):
@@ -106,8 +104,11 @@ class FactoredOutputLayer(OutputLayerBase):
         Costs O(D d^2) (computed in chunks of rows); meant for checks and
         export, not for the training loop.
         """
-        W = self._dense()
-        return np.ascontiguousarray(W[:, :self.n_hidden]) if self.has_bias else W
+        W = np.empty((self.n_outputs, self.n_hidden), dtype=self.dtype)
+        for start in range(0, self.n_outputs, _CHUNK_ROWS):
+            sl = slice(start, start + _CHUNK_ROWS)
+            W[sl] = self._weight_rows(sl)
+        return W
 
     @locked
     def bias(self):
@@ -228,6 +229,32 @@ class FactoredOutputLayer(OutputLayerBase):
             if kernel is _core.online_step and snapshot is None:
                 applied = offset + bad
             self._raise_status(status, offset + bad, bad_r, applied)
+
+    # -------------------------------------------------------- checkpoints
+    def _checkpoint_meta(self):
+        return {"min_abs_r": self.min_abs_r, "stability": self._health.state()}
+
+    def _checkpoint_arrays(self):
+        return {"V": self._V, "U": self._U, "Uinv": self._Uinv, "M": self._M,
+                "omega": self._omega, "sv": self._sv}
+
+    def _restore_checkpoint(self, path, meta, arrays):
+        d = self.n_hidden + self.has_bias
+        ds = d if self.track_sum else 0
+        _checkpoint.check_shapes(path, arrays, {
+            "V": (self.n_outputs, d), "U": (d, d), "Uinv": (d, d), "M": (d, d),
+            "omega": (ds,), "sv": (ds,)})
+        U = arrays["U"].astype(np.float64)
+        err = np.abs(U @ arrays["Uinv"].astype(np.float64) - np.eye(d)).max()
+        tol = 1e-2 if self.dtype == np.float32 else 1e-6
+        if not err < tol:
+            raise ValueError(f"{path}: inconsistent state: U times its saved "
+                             f"inverse is {err:.3g} away from the identity")
+        for name in ("V", "U", "Uinv", "M", "omega", "sv"):
+            setattr(self, "_" + name, np.ascontiguousarray(arrays[name]))
+        self.min_abs_r = float(meta["min_abs_r"])
+        self._params = self.loss.params
+        self._health = StabilityControl.from_state(self.dtype, meta["stability"])
 
     # ------------------------------------------------------------- health
     @compute

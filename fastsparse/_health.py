@@ -255,6 +255,41 @@ class StabilityControl:
         for key in ("sigma_max", "sigma_min"):
             self.estimates[key] *= 2.0 ** -e
 
+    _KNOBS = ("enabled", "check_every", "max_cond", "inverse_tol", "inverse_every",
+              "scale_exp", "max_renorms", "max_lift")
+
+    def state(self):
+        """Knobs, counters and estimates, JSON-serialisable (checkpoints)."""
+        vec = (lambda x: None if x is None else [float(v) for v in x])
+        return {"knobs": {k: getattr(self, k) for k in self._KNOBS},
+                "counters": {"steps": self.steps,
+                             "steps_since_renormalization": self.steps_since_renormalization,
+                             "since_check": self._since_check,
+                             "since_inverse": self._since_inverse,
+                             "interval": self._interval, "seconds": self.seconds,
+                             "counts": dict(self.counts)},
+                "estimates": dict(self.estimates),
+                "vectors": {"x_max": vec(self._x_max), "x_min": vec(self._x_min),
+                            "probe": vec(self._probe)}}
+
+    @classmethod
+    def from_state(cls, dtype, state):
+        self = cls(dtype, **state["knobs"])
+        c = state["counters"]
+        self.steps = c["steps"]
+        self.steps_since_renormalization = c["steps_since_renormalization"]
+        self._since_check = c["since_check"]
+        self._since_inverse = c["since_inverse"]
+        self._interval = c["interval"]
+        self.seconds = c["seconds"]
+        self.counts.update(c["counts"])
+        self.estimates.update(state["estimates"])
+        vecs = state["vectors"]
+        if vecs["x_max"] is not None:
+            self._x_max, self._x_min, self._probe = (
+                np.array(vecs[k]) for k in ("x_max", "x_min", "probe"))
+        return self
+
     def report(self):
         out = dict(self.estimates)
         out.update(steps=self.steps,

@@ -2,6 +2,7 @@
 import numpy as np
 from scipy.linalg import blas
 
+from . import _checkpoint
 from ._base import _COMMON_PARAMS_DOC, OutputLayerBase
 from ._threads import locked
 from .losses import SquaredError
@@ -38,10 +39,31 @@ class NaiveOutputLayer(OutputLayerBase):
         self._ger = getattr(blas, p + "ger")
         self._gemm = getattr(blas, p + "gemm")
 
+    def _checkpoint_meta(self):
+        return {}
+
+    def _checkpoint_arrays(self):
+        out = {"W": self._W}
+        if self._b is not None:
+            out["b"] = self._b
+        return out
+
+    def _restore_checkpoint(self, path, meta, arrays):
+        shapes = {"W": (self.n_outputs, self.n_hidden)}
+        if self.has_bias:
+            shapes["b"] = (self.n_outputs,)
+        _checkpoint.check_shapes(path, arrays, shapes)
+        self._setup(np.ascontiguousarray(arrays["W"]),
+                    np.ascontiguousarray(arrays["b"]) if self.has_bias else None,
+                    self.loss, self.track_sum)
+
     @locked
     def weights(self):
         """A copy of the dense weights W, shape (n_outputs, n_hidden)."""
         return self._W.copy()
+
+    def _weight_rows(self, rows):
+        return self._W[rows]
 
     @locked
     def bias(self):
