@@ -387,9 +387,7 @@ class OutputLayerBase:
         -------
         ndarray of shape (m, n_rows) or (m, n_outputs)
         """
-        H = check_hidden(H, self.n_hidden, self.dtype)
-        if rows is not None:
-            rows = check_rows(rows, self.n_outputs)
+        H, rows = self._check_rows_input(H, rows)
         if not self.loss.has_proba:
             raise TypeError(f"the {self.loss.name!r} loss defines no "
                             "probabilities; predict_proba needs "
@@ -415,9 +413,7 @@ class OutputLayerBase:
         -------
         ndarray of shape (m, n_rows) or (m, n_outputs)
         """
-        H = check_hidden(H, self.n_hidden, self.dtype)
-        if rows is not None:
-            rows = check_rows(rows, self.n_outputs)
+        H, rows = self._check_rows_input(H, rows)
         return self._outputs(H, rows)
 
     @locked
@@ -481,6 +477,10 @@ class OutputLayerBase:
         del out
 
     # ------------------------------------------------------------- helpers
+    def _check_rows_input(self, H, rows):
+        H = check_hidden(H, self.n_hidden, self.dtype)
+        return H, (None if rows is None else check_rows(rows, self.n_outputs))
+
     def _check_inputs(self, H, targets):
         H = check_hidden(H, self.n_hidden, self.dtype)
         tg = parse_targets(targets, H.shape[0], self.n_outputs, self.dtype)

@@ -173,7 +173,7 @@ class FactoredOutputLayer(OutputLayerBase):
             return L.astype(self.dtype), self._strip(grad)
         loss = np.empty(m, dtype=self.dtype)
         if mode == "batch":
-            if lr > 0:
+            if lr > 0 and isinstance(self.loss, SquaredError):
                 self._provably_safe(Ha, tg, lr)  # refuses a bad squared-error step
             self._run(_core.batch_step, Ha, (tg.indptr, tg.indices, tg.values,
                       lr, wd, self.loss.kind, self._params), (loss, grad))
