@@ -544,7 +544,9 @@ def test_not_a_parameter():
     assert "lr=0.1" in repr(out)
 
 
-def test_import_fastsparse_does_not_import_torch():
+def test_import_fastsparse_does_not_import_torch(tmp_path):
+    # Run outside the source tree: from the checkout root, ``import
+    # fastsparse`` would find the uncompiled sources instead of the install.
     code = "import sys, fastsparse; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
     assert fastsparse.__name__ == "fastsparse"
