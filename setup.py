@@ -20,7 +20,8 @@ if not sys.platform.startswith("win"):
 extensions = [
     Extension("fastsparse._blas", ["fastsparse/_blas.pyx"],
               extra_compile_args=compile_args),
-    Extension("fastsparse._core", ["fastsparse/_core.pyx", "src_c/fs_sparse.c"],
+    Extension("fastsparse._core", ["fastsparse/_core.pyx", "src_c/fs_sparse.c",
+                                    "src_c/fs_loss.c", "src_c/fs_online.c"],
               include_dirs=["src_c"], extra_compile_args=compile_args),
 ]
 

@@ -38,8 +38,9 @@ O(d^2): U and omega are scaled (and Uinv inversely); V, M, sv are not.
 """
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
-from libc.math cimport fabs, isfinite, log, log1p, exp, sqrt
+from libc.math cimport fabs, isfinite
 from libc.stdint cimport int64_t
+from scipy.linalg cimport cython_blas
 
 from fastsparse._blas cimport (
     floating, xdot, xaxpy, xscal, xcopy, xgemv, xger, xsymv, xsyr2, xgemm,
@@ -68,6 +69,44 @@ cdef extern from "fs_sparse.h" nogil:
                          const double*, const double*, ptrdiff_t)
     enum: FS_MAX_RANK
 
+cdef extern from "fs_loss.h" nogil:
+    ctypedef struct fs_loss_spec:
+        int kind
+        double n_outputs
+        double eps
+        double alpha
+        double beta
+    int fs_eval_loss_s(const fs_loss_spec*, ptrdiff_t, const float*,
+                       const float*, double, double, double*, float*,
+                       double*, double*)
+    int fs_eval_loss_d(const fs_loss_spec*, ptrdiff_t, const double*,
+                       const double*, double, double, double*, double*,
+                       double*, double*)
+
+cdef extern from "fs_online.h" nogil:
+    enum: FS_ONLINE_DEFAULT_BLOCK
+    void fs_blas_set(void*, void*, void*, void*, void*, void*, void*, void*)
+    int fs_online_blocked_s(ptrdiff_t, int, float*, float*, float*, float*,
+                            float*, float*, int, const float*, const int64_t*,
+                            const int64_t*, const float*, double, double,
+                            const fs_loss_spec*, double, int, float*, float*,
+                            Py_ssize_t*, double*)
+    int fs_online_blocked_d(ptrdiff_t, int, double*, double*, double*,
+                            double*, double*, double*, int, const double*,
+                            const int64_t*, const int64_t*, const double*,
+                            double, double, const fs_loss_spec*, double, int,
+                            double*, double*, Py_ssize_t*, double*)
+
+# The C kernels of src_c/ call BLAS through a table: give them SciPy's.
+fs_blas_set(<void*>cython_blas.sgemm, <void*>cython_blas.dgemm,
+            <void*>cython_blas.sgemv, <void*>cython_blas.dgemv,
+            <void*>cython_blas.ssymm, <void*>cython_blas.dsymm,
+            <void*>cython_blas.ssyr2k, <void*>cython_blas.dsyr2k)
+
+#: Examples per block of the blocked online kernel (src_c/fs_online.h).
+ONLINE_BLOCK = FS_ONLINE_DEFAULT_BLOCK
+
+# Values of fs_status in src_c/fs_loss.h.
 cpdef enum Status:
     STATUS_OK = 0
     STATUS_SMALL_R = 1
@@ -77,18 +116,13 @@ cpdef enum Status:
     STATUS_NONFINITE = 5
 
 cpdef enum LossKind:
-    # ids shared with fastsparse/losses.py
+    # ids shared with fastsparse/losses.py and fs_loss_kind (src_c/fs_loss.h)
     LOSS_SQUARED = 0
     LOSS_SPHERICAL = 1
     LOSS_TAYLOR = 2
     LOSS_ZLOSS = 3
 
-cdef struct LossSpec:
-    int kind
-    double n_outputs
-    double eps
-    double alpha
-    double beta
+ctypedef fs_loss_spec LossSpec
 
 
 # ------------------------------------------------- fused sparse dispatchers
@@ -140,73 +174,16 @@ cdef inline void rankk_rows(floating* V, ptrdiff_t ldv, ptrdiff_t n_rows,
 
 
 # ------------------------------------------------------------------ losses
-cdef int eval_loss(const LossSpec* spec, Py_ssize_t K, const floating* a,
-                   const floating* y, double q, double s, double* L,
-                   floating* ga, double* gq, double* gs) noexcept nogil:
-    """(L, dL/da, dL/dq, dL/ds) of one example; returns STATUS_LOSS when the
-    result is not finite."""
-    cdef Py_ssize_t k
-    cdef double ya = 0.0, yy = 0.0, Y = 0.0, Z, f, mu, var, sigma, z, x, dz
-    cdef double D = spec.n_outputs
-    for k in range(K):
-        Y += y[k]
-    if spec.kind == LOSS_SQUARED:
-        # L = ||o - y||^2 = q - 2 y.a + ||y||^2
-        for k in range(K):
-            ya += <double>y[k] * a[k]
-            yy += <double>y[k] * y[k]
-            ga[k] = -2 * y[k]
-        L[0] = q - 2.0 * ya + yy
-        gq[0] = 1.0
-        gs[0] = 0.0
-    elif spec.kind == LOSS_SPHERICAL:
-        # L = -sum y log(a^2 + eps) + Y log(q + D eps)
-        Z = q + D * spec.eps
-        L[0] = Y * log(Z)
-        for k in range(K):
-            f = <double>a[k] * a[k] + spec.eps
-            L[0] -= y[k] * log(f)
-            ga[k] = <floating>(-2.0 * y[k] * a[k] / f)
-        gq[0] = Y / Z
-        gs[0] = 0.0
-    elif spec.kind == LOSS_TAYLOR:
-        # L = -sum y log f(a) + Y log(D + s + q/2),  f(o) = 1 + o + o^2/2
-        Z = D + s + 0.5 * q
-        L[0] = Y * log(Z)
-        for k in range(K):
-            f = 1.0 + a[k] + 0.5 * a[k] * a[k]
-            L[0] -= y[k] * log(f)
-            ga[k] = <floating>(-y[k] * (1.0 + a[k]) / f)
-        gq[0] = Y / (2.0 * Z)
-        gs[0] = Y / Z
-    elif spec.kind == LOSS_ZLOSS:
-        # z = (a - s/D) / sigma, L = y softplus(alpha (beta - z)) / alpha
-        if K != 1:
-            return STATUS_LOSS
-        mu = s / D
-        var = q / D - mu * mu
-        if not var > 0:
-            return STATUS_LOSS
-        sigma = sqrt(var)
-        z = (a[0] - mu) / sigma
-        x = spec.alpha * (spec.beta - z)
-        if x > 0:  # softplus(x) and sigmoid(x), without overflow
-            L[0] = y[0] * (x + log1p(exp(-x))) / spec.alpha
-            dz = -y[0] / (1.0 + exp(-x))
-        else:
-            L[0] = y[0] * log1p(exp(x)) / spec.alpha
-            dz = -y[0] * exp(x) / (1.0 + exp(x))
-        ga[0] = <floating>(dz / sigma)
-        gq[0] = -dz * z / (2.0 * D * var)
-        gs[0] = dz * (z * mu / sigma - 1.0) / (D * sigma)
+cdef inline int eval_loss(const LossSpec* spec, Py_ssize_t K,
+                          const floating* a, const floating* y, double q,
+                          double s, double* L, floating* ga, double* gq,
+                          double* gs) noexcept nogil:
+    """(L, dL/da, dL/dq, dL/ds) of one example (src_c/fs_loss.c); returns
+    STATUS_LOSS when the result is not finite."""
+    if floating is float:
+        return fs_eval_loss_s(spec, K, a, y, q, s, L, ga, gq, gs)
     else:
-        return STATUS_LOSS
-    if not (isfinite(L[0]) and isfinite(gq[0]) and isfinite(gs[0])):
-        return STATUS_LOSS
-    for k in range(K):
-        if not isfinite(ga[k]):
-            return STATUS_LOSS
-    return STATUS_OK
+        return fs_eval_loss_d(spec, K, a, y, q, s, L, ga, gq, gs)
 
 
 cdef inline bint all_finite(int n, const floating* x) noexcept nogil:
@@ -537,8 +514,13 @@ def online_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
                 const int64_t[::1] indices, const floating[::1] values,
                 double lr, double wd, int loss_kind,
                 const double[::1] loss_params, double r_tol,
-                floating[::1] loss_out, floating[:, ::1] grad_out):
-    """Online mode over the m rows of H. Returns (status, bad, bad_r)."""
+                floating[::1] loss_out, floating[:, ::1] grad_out,
+                int block=FS_ONLINE_DEFAULT_BLOCK):
+    """Online mode over the m rows of H. Returns (status, bad, bad_r).
+
+    ``block`` > 0: the blocked kernel of src_c/fs_online.c with that many
+    examples per block; 0: the sequential BLAS-2 kernel (online_kernel, the
+    reference it is tested against)."""
     cdef LossSpec spec = _make_spec(loss_kind, V.shape[0], loss_params)
     cdef Py_ssize_t bad = -1
     cdef double bad_r = 0.0
@@ -547,13 +529,25 @@ def online_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
     if m == 0:
         return STATUS_OK, bad, bad_r
     with nogil:
-        status = online_kernel(V.shape[0], d, &V[0, 0], &U[0, 0],
-                               &Uinv[0, 0], &M[0, 0], _opt_ptr(omega),
-                               _opt_ptr(sv), m, &H[0, 0], &indptr[0],
-                               _opt_idx(indices), _opt_val(values),
-                               lr, wd, &spec, r_tol, &loss_out[0],
-                               &grad_out[0, 0],
-                               &bad, &bad_r)
+        if block <= 0:
+            status = online_kernel(V.shape[0], d, &V[0, 0], &U[0, 0],
+                                   &Uinv[0, 0], &M[0, 0], _opt_ptr(omega),
+                                   _opt_ptr(sv), m, &H[0, 0], &indptr[0],
+                                   _opt_idx(indices), _opt_val(values),
+                                   lr, wd, &spec, r_tol, &loss_out[0],
+                                   &grad_out[0, 0], &bad, &bad_r)
+        elif floating is float:
+            status = fs_online_blocked_s(
+                V.shape[0], d, &V[0, 0], &U[0, 0], &Uinv[0, 0], &M[0, 0],
+                _opt_ptr(omega), _opt_ptr(sv), m, &H[0, 0], &indptr[0],
+                _opt_idx(indices), _opt_val(values), lr, wd, &spec, r_tol,
+                block, &loss_out[0], &grad_out[0, 0], &bad, &bad_r)
+        else:
+            status = fs_online_blocked_d(
+                V.shape[0], d, &V[0, 0], &U[0, 0], &Uinv[0, 0], &M[0, 0],
+                _opt_ptr(omega), _opt_ptr(sv), m, &H[0, 0], &indptr[0],
+                _opt_idx(indices), _opt_val(values), lr, wd, &spec, r_tol,
+                block, &loss_out[0], &grad_out[0, 0], &bad, &bad_r)
     return status, bad, bad_r
 
 
