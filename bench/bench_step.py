@@ -95,14 +95,19 @@ def parse_args(argv=None):
     return args
 
 
-def time_steps(layer, data, m, mode, lr, warmup, repeats, label):
+def time_steps(layer, data, m, mode, lr, warmup, repeats, label, *,
+               budget=None, min_repeats=1):
     """Time ``layer.step`` over fresh minibatches.
 
     Parameters
     ----------
-    layer : FactoredOutputLayer or NaiveOutputLayer
+    layer : object
+        A :class:`~fastsparse.FactoredOutputLayer`,
+        :class:`~fastsparse.NaiveOutputLayer` or anything with the same
+        ``step(H, targets, lr, mode=mode)`` method.
     data : callable
-        ``data(m)`` returns ``(H, targets)`` for m examples.
+        ``data(m)`` returns ``(H, targets)`` for m examples (called outside
+        the timed region).
     m : int
         Examples per call.
     mode : {"online", "batch"}
@@ -111,6 +116,13 @@ def time_steps(layer, data, m, mode, lr, warmup, repeats, label):
         Untimed and timed calls.
     label : str
         Label of the progress bar.
+    budget : float, optional
+        Seconds to spend on the timed calls, for slow layers: the number of
+        timed calls becomes ``budget / t`` (``t``: the duration of the last
+        warm-up call, or of the first timed call without warm-up), clipped
+        to ``[min_repeats, repeats]``.  Default: always ``repeats`` calls.
+    min_repeats : int, default 1
+        Fewest timed calls when ``budget`` is given.
 
     Returns
     -------
@@ -118,14 +130,21 @@ def time_steps(layer, data, m, mode, lr, warmup, repeats, label):
         Seconds per timed call (only the ``step`` call is timed).
     """
     times = []
+    n_timed = repeats
+    i = 0
     with ProgressBar(warmup + repeats, label, unit="calls") as bar:
-        for i in range(warmup + repeats):
+        while i < warmup + n_timed:
             H, targets = data(m)
             t0 = time.perf_counter()
             layer.step(H, targets, lr, mode=mode)
             t1 = time.perf_counter()
             if i >= warmup:
                 times.append(t1 - t0)
+            if budget is not None and i == max(warmup - 1, 0):
+                n_timed = int(min(repeats, max(min_repeats,
+                                              budget // max(t1 - t0, 1e-9))))
+                bar.total = warmup + n_timed
+            i += 1
             bar.update()
     return times
 

@@ -370,7 +370,7 @@ cdef int batch_backward(Py_ssize_t D, int d, floating* V, floating* U,
         lr = lr / rho
     cdef bint keep_s = omega != NULL
     cdef Py_ssize_t md = <Py_ssize_t>m * d, mm = <Py_ssize_t>m * m
-    cdef Py_ssize_t i, j, c, p
+    cdef Py_ssize_t i, j, c, p, nnz
     cdef double r, hh, Dn = <double>D
     # workspace: R, Z, P, Hg (m x d); Zt (d x m); HHt, Kmat, YY (m x m);
     # fvec (m)
@@ -453,7 +453,18 @@ cdef int batch_backward(Py_ssize_t D, int d, floating* V, floating* U,
     for i in range(mm):
         YY[i] = 0
     csr_gram_add(m, indptr, indices, ga, YY)
-    xgemm(NoTrans, NoTrans, m, d, m, <floating>(-0.5 * lr), YY, m, P, d, 1, R, d)
+    nnz = 0
+    for i in range(mm):
+        nnz += YY[i] != 0
+    if 8 * nnz < mm:    # usually: examples rarely share targets
+        for i in range(m):
+            for j in range(m):
+                if YY[i * m + j] != 0:
+                    xaxpy(d, <floating>(-0.5 * lr) * YY[i * m + j],
+                          P + j * d, 1, R + i * d, 1)
+    else:
+        xgemm(NoTrans, NoTrans, m, d, m, <floating>(-0.5 * lr), YY, m, P, d,
+              1, R, d)
     # Hg = diag(2 gq) H
     for i in range(m):
         for c in range(d):

@@ -56,7 +56,7 @@ class FactoredOutputLayer(OutputLayerBase):
         scales U along h) has ``|r| < min_abs_r`` is refused: U would become
         (nearly) singular.  Default 1e-3.
     online_block : int
-        Examples per block of the online kernel (default 32).  The online
+        Examples per block of the online kernel (default 64).  The online
         mode applies the exact per-example updates in order; within a block
         it computes them with delayed updates, so that the d x d state is
         rewritten once per block with BLAS-3 calls instead of once per
@@ -181,6 +181,10 @@ class FactoredOutputLayer(OutputLayerBase):
             self._after(m, lr)
             return L.astype(self.dtype), self._strip(grad)
         loss = np.empty(m, dtype=self.dtype)
+        if m == 1:
+            # one example: the minibatch update is the online update, and
+            # the online kernel is the cheaper of the two
+            mode = "online"
         if mode == "batch":
             if lr > 0 and isinstance(self.loss, SquaredError):
                 self._provably_safe(Ha, tg, lr)  # refuses a bad squared-error step
@@ -190,7 +194,9 @@ class FactoredOutputLayer(OutputLayerBase):
             return loss, self._strip(grad)
         # online: in pieces that end where a health check is due
         snapshot = None
-        if lr > 0 and not self._provably_safe(Ha, tg, lr):
+        # (a kernel refuses an example before writing anything for it, so a
+        # call of one example needs no snapshot)
+        if lr > 0 and not self._provably_safe(Ha, tg, lr) and m > 1:
             # a later example could still be refused: keep what the call may
             # touch so that a refused call changes nothing (and check only
             # after the whole call, so the snapshot stays valid)
@@ -315,11 +321,13 @@ class FactoredOutputLayer(OutputLayerBase):
         bound of dL/dq (from the targets alone) may prove r >= min_abs_r;
         when it cannot, the online kernel checks each example.
         """
-        bound = self.loss.gq_bound(_row_sums(tg), self.n_outputs)
-        if bound is None:
+        squared = isinstance(self.loss, SquaredError)
+        bound = None if squared else self.loss.gq_bound(_row_sums(tg),
+                                                        self.n_outputs)
+        if bound is None and not squared:
             return False
         hh = np.einsum("ij,ij->i", Ha, Ha, dtype=np.float64)
-        if isinstance(self.loss, SquaredError):
+        if squared:
             r = 1.0 - 2.0 * lr * hh
             small = np.flatnonzero(np.abs(r) < self.min_abs_r)
             if small.size:

@@ -38,7 +38,7 @@
 #include "fs_blas.h"
 #include "fs_loss.h"
 
-#define FS_ONLINE_DEFAULT_BLOCK 32
+#define FS_ONLINE_DEFAULT_BLOCK 64
 
 #define FS_DECLARE_ONLINE(T, S)                                               \
 int fs_online_blocked_##S(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M,      \
