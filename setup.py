@@ -23,6 +23,10 @@ extensions = [
     Extension("fastsparse._core", ["fastsparse/_core.pyx", "src_c/fs_sparse.c",
                                     "src_c/fs_loss.c", "src_c/fs_online.c"],
               include_dirs=["src_c"], extra_compile_args=compile_args),
+    # compiled timing loops of the kernels (bench/microbench.py)
+    Extension("fastsparse._bench", ["fastsparse/_bench.pyx", "src_c/fs_sparse.c",
+                                     "src_c/fs_loss.c", "src_c/fs_online.c"],
+              include_dirs=["src_c"], extra_compile_args=compile_args),
 ]
 
 setup(

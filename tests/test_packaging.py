@@ -36,7 +36,11 @@ def test_sdist_contents(sdist):
     for required in ["pyproject.toml", "setup.py", "README.md", "MANIFEST.in",
                      "fastsparse/__init__.py", "fastsparse/_blas.pyx",
                      "fastsparse/_blas.pxd", "fastsparse/_core.pyx",
-                     "src_c/fs_sparse.c", "src_c/fs_sparse.h"]:
+                     "fastsparse/_bench.pyx", "src_c/fs_sparse.c",
+                     "src_c/fs_sparse.h", "src_c/fs_online.c",
+                     "src_c/fs_online.h", "src_c/fs_online_impl.h",
+                     "src_c/fs_loss.c", "src_c/fs_loss.h", "src_c/fs_blas.h",
+                     "bench/c/fs_microbench.c", "bench/c/build.sh"]:
         assert required in names, required
     assert not [n for n in names if n.endswith((".so", ".pyd"))]
 
