@@ -51,8 +51,10 @@ How things are measured
   that with its gradient); each layer is timed at every thread setting and
   every configuration with its (D, d) before it is deleted.
 * Threads: ``threadpoolctl.threadpool_limits`` sets the BLAS threads and
-  ``torch.set_num_threads`` torch's.  The factored layer runs its step's
-  small d x d BLAS calls single-threaded whatever the setting (by design,
+  ``torch.set_num_threads`` torch's.  The factored layer runs with its
+  default ``single_thread_blas=True`` in the one-thread setting and with
+  ``single_thread_blas=False`` in the others, so that its BLAS-3 calls use
+  the threads (by default it runs BLAS on one thread:
   see the README's "Threads"); the setting matters for the dense layers.
 
 Results file (JSON)
@@ -652,6 +654,10 @@ class Suite:
         slow = kind != "factored"
         try:
             for n in threads:
+                if kind == "factored":
+                    # with more than one thread, let the layer's BLAS-3 calls
+                    # use them (by default it runs BLAS on one thread)
+                    layer.single_thread_blas = n == 1
                 with ThreadSetting(n, self.torch if kind == "torch" else None):
                     shared = {}
                     for c in group:
@@ -672,7 +678,7 @@ class Suite:
                                                     dtype, slow)
                                 shared[key] = rec
                             out[(c, dtype.name, n, kind, mode)] = rec
-                if kind == "factored" and n > 1:
+                if kind == "factored" and n == 1:
                     # the layer limited BLAS to one thread during its calls:
                     # let fastsparse restore the limits (after IDLE_RESTORE s
                     # without calls, see fastsparse._threads) before the next
@@ -1042,9 +1048,9 @@ def main(argv=None):
         f"Naive and torch online: calls of {args.slow_online_examples} examples; "
         "their online time per example does not depend on m, so it is measured "
         "once and shared by configurations differing only in m.",
-        "The factored layer runs its d x d BLAS calls on one thread whatever "
-        "the setting (by design); the thread setting affects the dense layers "
-        "and torch.",
+        "Factored layer: with one thread, its default single_thread_blas=True; "
+        "with more, single_thread_blas=False, so that its BLAS-3 calls (blocked "
+        "online kernel, minibatch) use them.",
     ]
     if few:
         calls = sorted({m["calls"] for m in few})

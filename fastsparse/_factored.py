@@ -63,6 +63,14 @@ class FactoredOutputLayer(OutputLayerBase):
         example with BLAS-2 calls (``src_c/fs_online.h``).  ``0`` selects
         the sequential BLAS-2 kernel (the reference it is tested against).
         Same results to rounding; only the speed differs.
+    single_thread_blas : bool
+        Whether the layer's calls run BLAS on one thread (default ``True``:
+        the safe choice when several threads train layers at once, and for
+        small d, where BLAS threads do not pay).  ``False`` lets a step use
+        the BLAS threads configured (e.g. with ``threadpoolctl``): its
+        BLAS-3 calls (blocked online kernel, minibatch) then run on all of
+        them, which pays for a single training thread at d >= 256 (README,
+        "Threads").
 
     Notes
     -----
@@ -73,7 +81,11 @@ class FactoredOutputLayer(OutputLayerBase):
 
     min_abs_r = 1e-3
     online_block = _core.ONLINE_BLOCK
-    _single_thread_blas = True   # its BLAS calls are d x d: see _threads
+    single_thread_blas = True
+
+    @property
+    def _single_thread_blas(self):          # read by _threads.compute
+        return bool(self.single_thread_blas)
     _bias_in_V = True
 
     def _setup(self, W, b, loss, track_sum, stability=None):

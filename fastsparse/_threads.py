@@ -95,7 +95,7 @@ def _exit():
 
 def compute(method):
     """Decorator of the layers' compute methods: the layer's lock and, for
-    layers whose class sets ``_single_thread_blas`` (small d x d calls),
+    layers whose ``_single_thread_blas`` is true (small d x d calls),
     BLAS limited to one thread for the duration of the call."""
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):

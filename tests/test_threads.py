@@ -105,6 +105,25 @@ def test_blas_is_single_threaded_inside_factored_calls_only():
     assert seen[NaiveOutputLayer] == before         # dense work keeps its threads
 
 
+def test_single_thread_blas_false_keeps_the_configured_threads():
+    before = _blas_threads()
+    deadline = time.monotonic() + 10      # earlier calls' limit lifted
+    while _blas_threads() != before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    layer = FactoredOutputLayer(100, 4, seed=0)
+    layer.single_thread_blas = False
+    seen = []
+    real_step = layer._step
+
+    def spying_step(*args):
+        seen.append(_blas_threads())
+        return real_step(*args)
+
+    layer._step = spying_step
+    layer.step(np.ones((2, 4)), np.array([1, 2]), 0.01)
+    assert seen == [before]
+
+
 def test_oversubscription_warns_once(monkeypatch):
     monkeypatch.setattr(_threads, "_n_cores", lambda: 1)
     monkeypatch.setattr(_threads, "_warned", False)
