@@ -38,63 +38,13 @@ from fastsparse._blas cimport (
     floating, xaxpy, xgemv, xger, xsymv, xsyr2, xgemm, xsymm, xsyr2k, xgetrf,
     xgetrs, xnrm2, xscal, NoTrans, Trans, Upper, Right)
 
-cdef extern from "fs_sparse.h" nogil:
-    void fs_gather_dots_s(const float*, ptrdiff_t, const int64_t*, ptrdiff_t,
-                          const float*, ptrdiff_t, float*)
-    void fs_gather_dots_d(const double*, ptrdiff_t, const int64_t*, ptrdiff_t,
-                          const double*, ptrdiff_t, double*)
-    void fs_gather_combine_s(const float*, ptrdiff_t, const int64_t*,
-                             const float*, ptrdiff_t, ptrdiff_t, float*)
-    void fs_gather_combine_d(const double*, ptrdiff_t, const int64_t*,
-                             const double*, ptrdiff_t, ptrdiff_t, double*)
-    void fs_scatter_axpy_s(float*, ptrdiff_t, const int64_t*, const float*,
-                           ptrdiff_t, ptrdiff_t, const float*, ptrdiff_t)
-    void fs_scatter_axpy_d(double*, ptrdiff_t, const int64_t*, const double*,
-                           ptrdiff_t, ptrdiff_t, const double*, ptrdiff_t)
-    void fs_csr_gram_add_s(ptrdiff_t, const int64_t*, const int64_t*,
-                           const float*, float*)
-    void fs_csr_gram_add_d(ptrdiff_t, const int64_t*, const int64_t*,
-                           const double*, double*)
-
-cdef extern from "fs_loss.h" nogil:
-    ctypedef struct fs_loss_spec:
-        int kind
-        double n_outputs
-        double eps
-        double alpha
-        double beta
-
-cdef extern from "fs_online.h" nogil:
-    void fs_blas_set(void*, void*, void*, void*, void*, void*, void*, void*)
-    int fs_online_blocked_s(ptrdiff_t, int, float*, float*, float*, float*,
-                            float*, float*, int, const float*, const int64_t*,
-                            const int64_t*, const float*, double, double,
-                            const fs_loss_spec*, double, int, float*, float*,
-                            Py_ssize_t*, double*)
-    int fs_online_blocked_d(ptrdiff_t, int, double*, double*, double*,
-                            double*, double*, double*, int, const double*,
-                            const int64_t*, const int64_t*, const double*,
-                            double, double, const fs_loss_spec*, double, int,
-                            double*, double*, Py_ssize_t*, double*)
-
-cdef extern from "fs_blas.h" nogil:
-    # the row-major wrappers the blocked online kernel calls
-    void fs_gemm_s(int, int, int, int, int, float, const float*, int,
-                   const float*, int, float, float*, int)
-    void fs_gemm_d(int, int, int, int, int, double, const double*, int,
-                   const double*, int, double, double*, int)
-    void fs_gemv_s(int, int, int, float, const float*, int, const float*,
-                   float, float*)
-    void fs_gemv_d(int, int, int, double, const double*, int, const double*,
-                   double, double*)
-    void fs_symm_right_upper_s(int, int, float, const float*, int,
-                               const float*, int, float, float*, int)
-    void fs_symm_right_upper_d(int, int, double, const double*, int,
-                               const double*, int, double, double*, int)
-    void fs_syr2k_upper_trans_s(int, int, float, const float*, int,
-                                const float*, int, float, float*, int)
-    void fs_syr2k_upper_trans_d(int, int, double, const double*, int,
-                                const double*, int, double, double*, int)
+from fastsparse._ckernels cimport (
+    fs_gather_dots_s, fs_gather_dots_d, fs_gather_combine_s,
+    fs_gather_combine_d, fs_scatter_axpy_s, fs_scatter_axpy_d,
+    fs_csr_gram_add_s, fs_csr_gram_add_d, fs_loss_spec, fs_blas_set,
+    fs_online_blocked_s, fs_online_blocked_d, fs_gemm_s, fs_gemm_d,
+    fs_gemv_s, fs_gemv_d, fs_symm_right_upper_s, fs_symm_right_upper_d,
+    fs_syr2k_upper_trans_s, fs_syr2k_upper_trans_d)
 
 # This extension's copy of the C kernels calls BLAS through its own table.
 fs_blas_set(<void*>cython_blas.sgemm, <void*>cython_blas.dgemm,

@@ -46,56 +46,13 @@ from fastsparse._blas cimport (
     floating, xdot, xaxpy, xscal, xcopy, xgemv, xger, xsymv, xsyr2, xgemm,
     xsymm, xsyr2k, xgetrf, xgetrs, NoTrans, Trans, Upper, Right)
 
-cdef extern from "fs_sparse.h" nogil:
-    void fs_gather_dots_s(const float*, ptrdiff_t, const int64_t*, ptrdiff_t,
-                          const float*, ptrdiff_t, float*)
-    void fs_gather_dots_d(const double*, ptrdiff_t, const int64_t*, ptrdiff_t,
-                          const double*, ptrdiff_t, double*)
-    void fs_gather_combine_s(const float*, ptrdiff_t, const int64_t*,
-                             const float*, ptrdiff_t, ptrdiff_t, float*)
-    void fs_gather_combine_d(const double*, ptrdiff_t, const int64_t*,
-                             const double*, ptrdiff_t, ptrdiff_t, double*)
-    void fs_scatter_axpy_s(float*, ptrdiff_t, const int64_t*, const float*,
-                           ptrdiff_t, ptrdiff_t, const float*, ptrdiff_t)
-    void fs_scatter_axpy_d(double*, ptrdiff_t, const int64_t*, const double*,
-                           ptrdiff_t, ptrdiff_t, const double*, ptrdiff_t)
-    void fs_csr_gram_add_s(ptrdiff_t, const int64_t*, const int64_t*,
-                           const float*, float*)
-    void fs_csr_gram_add_d(ptrdiff_t, const int64_t*, const int64_t*,
-                           const double*, double*)
-    void fs_rankk_rows_s(float*, ptrdiff_t, ptrdiff_t, ptrdiff_t, const float*,
-                         const float*, ptrdiff_t)
-    void fs_rankk_rows_d(double*, ptrdiff_t, ptrdiff_t, ptrdiff_t,
-                         const double*, const double*, ptrdiff_t)
-    enum: FS_MAX_RANK
-
-cdef extern from "fs_loss.h" nogil:
-    ctypedef struct fs_loss_spec:
-        int kind
-        double n_outputs
-        double eps
-        double alpha
-        double beta
-    int fs_eval_loss_s(const fs_loss_spec*, ptrdiff_t, const float*,
-                       const float*, double, double, double*, float*,
-                       double*, double*)
-    int fs_eval_loss_d(const fs_loss_spec*, ptrdiff_t, const double*,
-                       const double*, double, double, double*, double*,
-                       double*, double*)
-
-cdef extern from "fs_online.h" nogil:
-    enum: FS_ONLINE_DEFAULT_BLOCK
-    void fs_blas_set(void*, void*, void*, void*, void*, void*, void*, void*)
-    int fs_online_blocked_s(ptrdiff_t, int, float*, float*, float*, float*,
-                            float*, float*, int, const float*, const int64_t*,
-                            const int64_t*, const float*, double, double,
-                            const fs_loss_spec*, double, int, float*, float*,
-                            Py_ssize_t*, double*)
-    int fs_online_blocked_d(ptrdiff_t, int, double*, double*, double*,
-                            double*, double*, double*, int, const double*,
-                            const int64_t*, const int64_t*, const double*,
-                            double, double, const fs_loss_spec*, double, int,
-                            double*, double*, Py_ssize_t*, double*)
+from fastsparse._ckernels cimport (
+    fs_gather_dots_s, fs_gather_dots_d, fs_gather_combine_s,
+    fs_gather_combine_d, fs_scatter_axpy_s, fs_scatter_axpy_d,
+    fs_csr_gram_add_s, fs_csr_gram_add_d, fs_rankk_rows_s, fs_rankk_rows_d,
+    FS_MAX_RANK, fs_loss_spec, fs_eval_loss_s, fs_eval_loss_d,
+    FS_ONLINE_DEFAULT_BLOCK, FS_ONLINE_MIN_EXAMPLES, fs_blas_set,
+    fs_online_blocked_s, fs_online_blocked_d)
 
 # The C kernels of src_c/ call BLAS through a table: give them SciPy's.
 fs_blas_set(<void*>cython_blas.sgemm, <void*>cython_blas.dgemm,
@@ -529,9 +486,11 @@ def online_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
                 int block=FS_ONLINE_DEFAULT_BLOCK):
     """Online mode over the m rows of H. Returns (status, bad, bad_r).
 
-    ``block`` > 0: the blocked kernel of src_c/fs_online.c with that many
-    examples per block; 0: the sequential BLAS-2 kernel (online_kernel, the
-    reference it is tested against)."""
+    ``block`` > 0: the blocked kernel of src_c/fs_online.c with at most
+    that many examples per block, for calls of at least
+    FS_ONLINE_MIN_EXAMPLES examples (fewer go to the sequential kernel,
+    which is faster for them); 0: always the sequential BLAS-2 kernel
+    (online_kernel, the reference the blocked one is tested against)."""
     cdef LossSpec spec = _make_spec(loss_kind, V.shape[0], loss_params)
     cdef Py_ssize_t bad = -1
     cdef double bad_r = 0.0
@@ -540,7 +499,7 @@ def online_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
     if m == 0:
         return STATUS_OK, bad, bad_r
     with nogil:
-        if block <= 0:
+        if block <= 0 or m < FS_ONLINE_MIN_EXAMPLES:
             status = online_kernel(V.shape[0], d, &V[0, 0], &U[0, 0],
                                    &Uinv[0, 0], &M[0, 0], _opt_ptr(omega),
                                    _opt_ptr(sv), m, &H[0, 0], &indptr[0],

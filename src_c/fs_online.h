@@ -29,7 +29,8 @@
  * tracked, CSR targets, status codes of fs_loss.h; on FS_SMALL_R,
  * FS_LOSS or FS_NONFINITE at example *bad the examples before it are
  * applied (their losses and gradients written) and nothing of *bad.
- * block >= 1 is the number of examples per block. */
+ * block >= 1 is the largest number of examples per block (the m examples
+ * are split into ceil(m / block) blocks of nearly equal size). */
 #ifndef FS_ONLINE_H
 #define FS_ONLINE_H
 
@@ -39,6 +40,13 @@
 #include "fs_loss.h"
 
 #define FS_ONLINE_DEFAULT_BLOCK 64
+
+/* Calls of fewer examples are better served by the sequential BLAS-2
+ * kernel: each BLAS-3 call of the blocked kernel packs its d x d operand,
+ * which costs more than the BLAS-2 pass it replaces when the block has
+ * only a few rows (measured crossover: 4 to 8 examples at d = 128 and
+ * d = 512).  fastsparse._core.online_step dispatches accordingly. */
+#define FS_ONLINE_MIN_EXAMPLES 8
 
 #define FS_DECLARE_ONLINE(T, S)                                               \
 int fs_online_blocked_##S(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M,      \

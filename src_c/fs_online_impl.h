@@ -98,10 +98,13 @@ int F(fs_online_blocked)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M,
     int k = block < 1 ? 1 : block;
     ptrdiff_t kmax = 1;
     int status = FS_OK;
-    if (k > m)
-        k = m;
     if (m == 0)
         return FS_OK;
+    {   /* blocks of (nearly) equal size, not a short last block (a GEMM of one or two
+         * rows costs about as much as one of k rows) */
+        const int nblocks = (m + k - 1) / k;
+        k = (m + nblocks - 1) / nblocks;
+    }
     if (rho != 1.0)
         lr = lr / rho;
     for (int i = 0; i < m; ++i)
