@@ -1,4 +1,6 @@
 """The factored output layer: exact SGD in O(d^2 + K d) per example."""
+import numbers
+
 import numpy as np
 
 from . import _checkpoint, _core
@@ -80,13 +82,34 @@ class FactoredOutputLayer(OutputLayerBase):
     """
 
     min_abs_r = 1e-3
-    online_block = _core.ONLINE_BLOCK
-    single_thread_blas = True
+    _online_block = _core.ONLINE_BLOCK
+    _single_thread = True
+    _bias_in_V = True
+
+    @property
+    def online_block(self):
+        return self._online_block
+
+    @online_block.setter
+    def online_block(self, value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+                or value < 0:
+            raise ValueError(f"online_block must be an integer >= 0, got {value!r}")
+        self._online_block = int(value)
+
+    @property
+    def single_thread_blas(self):
+        return self._single_thread
+
+    @single_thread_blas.setter
+    def single_thread_blas(self, value):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"single_thread_blas must be a bool, got {value!r}")
+        self._single_thread = bool(value)
 
     @property
     def _single_thread_blas(self):          # read by _threads.compute
-        return bool(self.single_thread_blas)
-    _bias_in_V = True
+        return self._single_thread
 
     def _setup(self, W, b, loss, track_sum, stability=None):
         super()._setup(W, b, loss, track_sum)
@@ -222,7 +245,7 @@ class FactoredOutputLayer(OutputLayerBase):
             self._run(_core.online_step, Ha[sub], (part.indptr, part.indices,
                       part.values, lr, wd, self.loss.kind, self._params),
                       (loss[sub], grad[sub]), snapshot, offset=start,
-                      block=int(self.online_block))
+                      block=self._online_block)
             self._after(n, lr)
             start += n
         return loss, self._strip(grad)

@@ -163,3 +163,20 @@ def test_online_block_is_a_layer_attribute():
     layer.online_block = 0
     layer.step(np.ones((3, 4), np.float32) / 4, np.array([1, 2, 3]), 0.1,
                mode="online")
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, "8", True])
+def test_online_block_is_validated(value):
+    layer = FactoredOutputLayer(50, 4, seed=0)
+    with pytest.raises(ValueError, match="online_block"):
+        layer.online_block = value
+    assert layer.online_block == _core.ONLINE_BLOCK
+
+
+def test_single_thread_blas_is_validated():
+    layer = FactoredOutputLayer(50, 4, seed=0)
+    with pytest.raises(TypeError, match="single_thread_blas"):
+        layer.single_thread_blas = "no"
+    assert layer.single_thread_blas is True
+    layer.single_thread_blas = False
+    assert layer.single_thread_blas is False
