@@ -121,9 +121,10 @@ if str(HERE) not in sys.path:           # bench_step is a script beside this one
     sys.path.insert(0, str(HERE))
 
 import fastsparse  # noqa: E402
-from fastsparse._demo import (ZipfTargets, default_lr,  # noqa: E402
-                              environment_lines, format_clock, format_table,
-                              format_time, git_revision, random_hidden, status)
+from fastsparse._demo import (ZipfTargets, cpu_model,  # noqa: E402
+                              default_lr, environment_lines, format_clock,
+                              format_table, format_time, git_revision,
+                              random_hidden, status)
 from fastsparse._threads import IDLE_RESTORE  # noqa: E402
 
 from bench_step import summarize, time_steps  # noqa: E402
@@ -356,15 +357,7 @@ def environment(torch=None):
     import scipy
     import threadpoolctl
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

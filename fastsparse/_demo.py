@@ -375,6 +375,23 @@ def git_revision(path=None):
     return rev + (" (with uncommitted changes)" if dirty else "")
 
 
+def cpu_model():
+    """The CPU's model name (from /proc/cpuinfo where there is one).
+
+    Returns
+    -------
+    str
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment_lines():
     """A description of the machine and the software, one item per line.
 
@@ -393,15 +410,7 @@ def environment_lines():
 
     from . import __version__
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
