@@ -39,12 +39,9 @@ from fastsparse._blas cimport (
     xgetrs, xnrm2, xscal, NoTrans, Trans, Upper, Right)
 
 from fastsparse._ckernels cimport (
-    fs_gather_dots_s, fs_gather_dots_d, fs_gather_combine_s,
-    fs_gather_combine_d, fs_scatter_axpy_s, fs_scatter_axpy_d,
-    fs_csr_gram_add_s, fs_csr_gram_add_d, fs_loss_spec, fs_blas_set,
-    fs_online_blocked_s, fs_online_blocked_d, fs_gemm_s, fs_gemm_d,
-    fs_gemv_s, fs_gemv_d, fs_symm_right_upper_s, fs_symm_right_upper_d,
-    fs_syr2k_upper_trans_s, fs_syr2k_upper_trans_d)
+    gather_dots, gather_combine, scatter_axpy, csr_gram_add, online_blocked,
+    cgemm, cgemv, csymm_right_upper, csyr2k_upper_trans, fs_loss_spec,
+    fs_blas_set)
 
 # This extension's copy of the C kernels calls BLAS through its own table.
 fs_blas_set(<void*>cython_blas.sgemm, <void*>cython_blas.dgemm,
@@ -252,106 +249,51 @@ cdef void _call(const floating* tag, int kid, Ctx* c, Py_ssize_t it) noexcept no
         xsyr2(Upper, d, tiny, t, 1, z, 1, Mw, d)
     # ---- blocked online step (src_c/fs_online_impl.h), one block of k
     elif kid == K_B_GEMM_HUT:
-        if floating is float:
-            fs_gemm_s(0, 1, k, d, d, 1, Hk, d, U, d, 0, Bu, d)
-        else:
-            fs_gemm_d(0, 1, k, d, d, 1, Hk, d, U, d, 0, Bu, d)
+        cgemm(0, 1, k, d, d, 1, Hk, d, U, d, 0, Bu, d)
     elif kid == K_B_SYMM:
-        if floating is float:
-            fs_symm_right_upper_s(k, d, 1, M, d, Bu, d, 0, Xk, d)
-        else:
-            fs_symm_right_upper_d(k, d, 1, M, d, Bu, d, 0, Xk, d)
+        csymm_right_upper(k, d, 1, M, d, Bu, d, 0, Xk, d)
     elif kid == K_B_GEMM_HUINV:
-        if floating is float:
-            fs_gemm_s(0, 0, k, d, d, 1, Hk, d, Uinv, d, 0, Tw, d)
-        else:
-            fs_gemm_d(0, 0, k, d, d, 1, Hk, d, Uinv, d, 0, Tw, d)
+        cgemm(0, 0, k, d, d, 1, Hk, d, Uinv, d, 0, Tw, d)
     elif kid == K_B_GEMM_HHT:
-        if floating is float:
-            fs_gemm_s(0, 1, k, k, d, 1, Hk, d, Hk, d, 0, Gk, k)
-        else:
-            fs_gemm_d(0, 1, k, k, d, 1, Hk, d, Hk, d, 0, Gk, k)
+        cgemm(0, 1, k, k, d, 1, Hk, d, Hk, d, 0, Gk, k)
     elif kid == K_B_CORR:
         # the in-block corrections of examples 1..k-1: 7 gemv of i x d each
         for i in range(1, k):
-            if floating is float:
-                fs_gemv_s(1, i, d, -tiny, Bu, d, ek, 1, u)
-                fs_gemv_s(1, i, d, -tiny, Xk, d, ek, 1, x)
-                fs_gemv_s(1, i, d, tiny, Tw, d, ek, 1, t)
-                fs_gemv_s(0, i, d, 1, Yk, d, u, 0, pk)
-                fs_gemv_s(1, i, d, -tiny, Tw, d, pk, 1, Mu)
-                fs_gemv_s(0, i, d, 1, Tw, d, u, 0, pk)
-                fs_gemv_s(1, i, d, -tiny, Yk, d, pk, 1, Mu)
-            else:
-                fs_gemv_d(1, i, d, -tiny, Bu, d, ek, 1, u)
-                fs_gemv_d(1, i, d, -tiny, Xk, d, ek, 1, x)
-                fs_gemv_d(1, i, d, tiny, Tw, d, ek, 1, t)
-                fs_gemv_d(0, i, d, 1, Yk, d, u, 0, pk)
-                fs_gemv_d(1, i, d, -tiny, Tw, d, pk, 1, Mu)
-                fs_gemv_d(0, i, d, 1, Tw, d, u, 0, pk)
-                fs_gemv_d(1, i, d, -tiny, Yk, d, pk, 1, Mu)
+            cgemv(1, i, d, -tiny, Bu, d, ek, 1, u)
+            cgemv(1, i, d, -tiny, Xk, d, ek, 1, x)
+            cgemv(1, i, d, tiny, Tw, d, ek, 1, t)
+            cgemv(0, i, d, 1, Yk, d, u, 0, pk)
+            cgemv(1, i, d, -tiny, Tw, d, pk, 1, Mu)
+            cgemv(0, i, d, 1, Tw, d, u, 0, pk)
+            cgemv(1, i, d, -tiny, Yk, d, pk, 1, Mu)
     elif kid == K_B_GEMM_ZU:
-        if floating is float:
-            fs_gemm_s(0, 0, k, d, d, 1, Zk, d, U, d, 0, Xk, d)
-        else:
-            fs_gemm_d(0, 0, k, d, d, 1, Zk, d, U, d, 0, Xk, d)
+        cgemm(0, 0, k, d, d, 1, Zk, d, U, d, 0, Xk, d)
     elif kid == K_B_GEMM_ZBUT:
-        if floating is float:
-            fs_gemm_s(0, 1, k, k, d, 1, Zk, d, Bu, d, 0, Gk, k)
-        else:
-            fs_gemm_d(0, 1, k, k, d, 1, Zk, d, Bu, d, 0, Gk, k)
+        cgemm(0, 1, k, k, d, 1, Zk, d, Bu, d, 0, Gk, k)
     elif kid == K_B_GEMM_GH:
-        if floating is float:
-            fs_gemm_s(0, 0, k, d, k, tiny, Gk, k, Hk, d, 1, Xk, d)
-        else:
-            fs_gemm_d(0, 0, k, d, k, tiny, Gk, k, Hk, d, 1, Xk, d)
+        cgemm(0, 0, k, d, k, tiny, Gk, k, Hk, d, 1, Xk, d)
     elif kid == K_B_SYR2K:
-        if floating is float:
-            fs_syr2k_upper_trans_s(d, k, tiny, Tw, d, Yk, d, 1, Mw, d)
-        else:
-            fs_syr2k_upper_trans_d(d, k, tiny, Tw, d, Yk, d, 1, Mw, d)
+        csyr2k_upper_trans(d, k, tiny, Tw, d, Yk, d, 1, Mw, d)
     elif kid == K_B_GEMM_UUPD:
-        if floating is float:
-            fs_gemm_s(1, 0, d, d, k, tiny, Bu, d, Hk, d, 1, Uw, d)
-        else:
-            fs_gemm_d(1, 0, d, d, k, tiny, Bu, d, Hk, d, 1, Uw, d)
+        cgemm(1, 0, d, d, k, tiny, Bu, d, Hk, d, 1, Uw, d)
     elif kid == K_B_GEMM_UINVUPD:
-        if floating is float:
-            fs_gemm_s(1, 0, d, d, k, tiny, Hk, d, Tw, d, 1, Uinvw, d)
-        else:
-            fs_gemm_d(1, 0, d, d, k, tiny, Hk, d, Tw, d, 1, Uinvw, d)
+        cgemm(1, 0, d, d, k, tiny, Hk, d, Tw, d, 1, Uinvw, d)
     # ---- sparse V rows (src_c/fs_sparse.c), fresh random rows per call
     elif kid == K_GATHER_DOTS:
-        if floating is float:
-            fs_gather_dots_s(V, d, idx, K, u, d, aK)
-        else:
-            fs_gather_dots_d(V, d, idx, K, u, d, aK)
+        gather_dots(V, d, idx, K, u, d, aK)
     elif kid == K_GATHER_COMBINE:
-        if floating is float:
-            fs_gather_combine_s(V, d, idx, coef, K, d, z)
-        else:
-            fs_gather_combine_d(V, d, idx, coef, K, d, z)
+        gather_combine(V, d, idx, coef, K, d, z)
     elif kid == K_SCATTER_AXPY:
         for j in range(K):
             aK[j] = tiny * coef[j]
-        if floating is float:
-            fs_scatter_axpy_s(V, d, idx, aK, K, d, t, 1)
-        else:
-            fs_scatter_axpy_d(V, d, idx, aK, K, d, t, 1)
+        scatter_axpy(V, d, idx, aK, K, d, t, 1)
     elif kid == K_SPARSE_EXAMPLE:
         # what one example does to V: the three kernels on the same rows
-        if floating is float:
-            fs_gather_dots_s(V, d, idx, K, u, d, aK)
-            fs_gather_combine_s(V, d, idx, coef, K, d, z)
-        else:
-            fs_gather_dots_d(V, d, idx, K, u, d, aK)
-            fs_gather_combine_d(V, d, idx, coef, K, d, z)
+        gather_dots(V, d, idx, K, u, d, aK)
+        gather_combine(V, d, idx, coef, K, d, z)
         for j in range(K):
             aK[j] = tiny * coef[j]
-        if floating is float:
-            fs_scatter_axpy_s(V, d, idx, aK, K, d, t, 1)
-        else:
-            fs_scatter_axpy_d(V, d, idx, aK, K, d, t, 1)
+        scatter_axpy(V, d, idx, aK, K, d, t, 1)
     # ---- minibatch step (fastsparse/_core.pyx, batch_forward/backward)
     elif kid == K_M_GEMM_HUT:
         xgemm(NoTrans, Trans, m, d, d, 1, Hm, d, U, d, 0, HU, d)
@@ -373,10 +315,7 @@ cdef void _call(const floating* tag, int kid, Ctx* c, Py_ssize_t it) noexcept no
     elif kid == K_M_CSR_GRAM:
         for j in range(<Py_ssize_t>m * m):
             YYw[j] = 0
-        if floating is float:
-            fs_csr_gram_add_s(m, c.bat_indptr, c.bat_idx, <float*>c.bat_val, YYw)
-        else:
-            fs_csr_gram_add_d(m, c.bat_indptr, c.bat_idx, <double*>c.bat_val, YYw)
+        csr_gram_add(m, c.bat_indptr, c.bat_idx, <floating*>c.bat_val, YYw)
     elif kid == K_M_AXPY_YYP:
         # the sparse path of R -= lr/2 (Ydot Ydot^T) P (taken when fewer than
         # 1/8 of the entries are non-zero: examples rarely share targets)
@@ -419,18 +358,11 @@ cdef void _call(const floating* tag, int kid, Ctx* c, Py_ssize_t it) noexcept no
     # ---- the whole blocked online step (src_c/fs_online.c)
     elif kid == K_STEP_BLOCKED:
         b = it % c.n_calls
-        if floating is float:
-            c.status = fs_online_blocked_s(
-                c.D, d, V, U, Uinv, M, NULL, NULL, m,
-                <float*>c.Hs + b * m * d, c.step_indptr, c.step_idx + b * m * K,
-                <float*>c.step_val + b * m * K, c.lr, 0.0, &c.spec, c.r_tol,
-                c.block, <float*>c.loss, <float*>c.grad, &bad, &bad_r)
-        else:
-            c.status = fs_online_blocked_d(
-                c.D, d, V, U, Uinv, M, NULL, NULL, m,
-                <double*>c.Hs + b * m * d, c.step_indptr, c.step_idx + b * m * K,
-                <double*>c.step_val + b * m * K, c.lr, 0.0, &c.spec, c.r_tol,
-                c.block, <double*>c.loss, <double*>c.grad, &bad, &bad_r)
+        c.status = online_blocked(
+            c.D, d, V, U, Uinv, M, NULL, NULL, m,
+            <floating*>c.Hs + b * m * d, c.step_indptr, c.step_idx + b * m * K,
+            <floating*>c.step_val + b * m * K, c.lr, 0.0, &c.spec, c.r_tol,
+            c.block, <floating*>c.loss, <floating*>c.grad, &bad, &bad_r)
 
 
 cdef void _time(const floating* tag, int kid, Ctx* c, bint reset, Py_ssize_t inner,

@@ -47,12 +47,9 @@ from fastsparse._blas cimport (
     xsymm, xsyr2k, xgetrf, xgetrs, NoTrans, Trans, Upper, Right)
 
 from fastsparse._ckernels cimport (
-    fs_gather_dots_s, fs_gather_dots_d, fs_gather_combine_s,
-    fs_gather_combine_d, fs_scatter_axpy_s, fs_scatter_axpy_d,
-    fs_csr_gram_add_s, fs_csr_gram_add_d, fs_rankk_rows_s, fs_rankk_rows_d,
-    FS_MAX_RANK, fs_loss_spec, fs_eval_loss_s, fs_eval_loss_d,
-    FS_ONLINE_DEFAULT_BLOCK, FS_ONLINE_MIN_EXAMPLES, fs_blas_set,
-    fs_online_blocked_s, fs_online_blocked_d)
+    gather_dots, gather_combine, scatter_axpy, csr_gram_add, rankk_rows,
+    eval_loss, FS_MAX_RANK, fs_loss_spec, FS_ONLINE_DEFAULT_BLOCK,
+    FS_ONLINE_MIN_EXAMPLES, fs_blas_set, online_blocked)
 
 # The C kernels of src_c/ call BLAS through a table: give them SciPy's.
 fs_blas_set(<void*>cython_blas.sgemm, <void*>cython_blas.dgemm,
@@ -80,67 +77,6 @@ cpdef enum LossKind:
     LOSS_ZLOSS = 3
 
 ctypedef fs_loss_spec LossSpec
-
-
-# ------------------------------------------------- fused sparse dispatchers
-cdef inline void gather_dots(const floating* V, ptrdiff_t ldv,
-                             const int64_t* idx, ptrdiff_t n,
-                             const floating* u, ptrdiff_t d,
-                             floating* out) noexcept nogil:
-    if floating is float:
-        fs_gather_dots_s(V, ldv, idx, n, u, d, out)
-    else:
-        fs_gather_dots_d(V, ldv, idx, n, u, d, out)
-
-
-cdef inline void gather_combine(const floating* V, ptrdiff_t ldv,
-                                const int64_t* idx, const floating* coef,
-                                ptrdiff_t n, ptrdiff_t d,
-                                floating* out) noexcept nogil:
-    if floating is float:
-        fs_gather_combine_s(V, ldv, idx, coef, n, d, out)
-    else:
-        fs_gather_combine_d(V, ldv, idx, coef, n, d, out)
-
-
-cdef inline void scatter_axpy(floating* V, ptrdiff_t ldv, const int64_t* idx,
-                              const floating* coef, ptrdiff_t n, ptrdiff_t d,
-                              const floating* w, ptrdiff_t incw) noexcept nogil:
-    if floating is float:
-        fs_scatter_axpy_s(V, ldv, idx, coef, n, d, w, incw)
-    else:
-        fs_scatter_axpy_d(V, ldv, idx, coef, n, d, w, incw)
-
-
-cdef inline void csr_gram_add(ptrdiff_t m, const int64_t* indptr,
-                              const int64_t* indices, const floating* values,
-                              floating* G) noexcept nogil:
-    if floating is float:
-        fs_csr_gram_add_s(m, indptr, indices, values, G)
-    else:
-        fs_csr_gram_add_d(m, indptr, indices, values, G)
-
-
-cdef inline void rankk_rows(floating* V, ptrdiff_t ldv, ptrdiff_t n_rows,
-                            ptrdiff_t d, const floating* L,
-                            const floating* beta, ptrdiff_t k) noexcept nogil:
-    if floating is float:
-        fs_rankk_rows_s(V, ldv, n_rows, d, L, beta, k)
-    else:
-        fs_rankk_rows_d(V, ldv, n_rows, d, L, beta, k)
-
-
-# ------------------------------------------------------------------ losses
-cdef inline int eval_loss(const LossSpec* spec, Py_ssize_t K,
-                          const floating* a, const floating* y, double q,
-                          double s, double* L, floating* ga, double* gq,
-                          double* gs) noexcept nogil:
-    """(L, dL/da, dL/dq, dL/ds) of one example (src_c/fs_loss.c); returns
-    STATUS_LOSS when the result is not finite."""
-    if floating is float:
-        return fs_eval_loss_s(spec, K, a, y, q, s, L, ga, gq, gs)
-    else:
-        return fs_eval_loss_d(spec, K, a, y, q, s, L, ga, gq, gs)
 
 
 cdef inline bint all_finite(int n, const floating* x) noexcept nogil:
@@ -506,14 +442,8 @@ def online_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
                                    _opt_idx(indices), _opt_val(values),
                                    lr, wd, &spec, r_tol, &loss_out[0],
                                    &grad_out[0, 0], &bad, &bad_r)
-        elif floating is float:
-            status = fs_online_blocked_s(
-                V.shape[0], d, &V[0, 0], &U[0, 0], &Uinv[0, 0], &M[0, 0],
-                _opt_ptr(omega), _opt_ptr(sv), m, &H[0, 0], &indptr[0],
-                _opt_idx(indices), _opt_val(values), lr, wd, &spec, r_tol,
-                block, &loss_out[0], &grad_out[0, 0], &bad, &bad_r)
         else:
-            status = fs_online_blocked_d(
+            status = online_blocked(
                 V.shape[0], d, &V[0, 0], &U[0, 0], &Uinv[0, 0], &M[0, 0],
                 _opt_ptr(omega), _opt_ptr(sv), m, &H[0, 0], &indptr[0],
                 _opt_idx(indices), _opt_val(values), lr, wd, &spec, r_tol,
