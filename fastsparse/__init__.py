@@ -15,8 +15,10 @@ except ImportError as exc:  # pragma: no cover - depends on how it is run
     ) from exc
 
 from . import losses
+from ._errors import CheckpointError, StepRefusedError
 from ._factored import FactoredOutputLayer
 from ._naive import NaiveOutputLayer
 
 __version__ = "0.1.0"
-__all__ = ["FactoredOutputLayer", "NaiveOutputLayer", "losses", "__version__"]
+__all__ = ["FactoredOutputLayer", "NaiveOutputLayer", "CheckpointError",
+           "StepRefusedError", "losses", "__version__"]
