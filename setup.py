@@ -1,4 +1,4 @@
-"""Build script: cythonizes the extensions (metadata lives in pyproject.toml).
+"""Build script: cythonizes the extension (metadata lives in pyproject.toml).
 
 BLAS and LAPACK are taken at run time from ``scipy.linalg.cython_blas`` and
 ``scipy.linalg.cython_lapack``: nothing is linked against a BLAS library.
@@ -18,14 +18,8 @@ if not sys.platform.startswith("win"):
         compile_args.append("-march=native")
 
 extensions = [
-    Extension("fastsparse._blas", ["fastsparse/_blas.pyx"],
-              extra_compile_args=compile_args),
     Extension("fastsparse._core", ["fastsparse/_core.pyx", "src_c/fs_sparse.c",
-                                    "src_c/fs_loss.c", "src_c/fs_online.c"],
-              include_dirs=["src_c"], extra_compile_args=compile_args),
-    # compiled timing loops of the kernels (bench/microbench.py)
-    Extension("fastsparse._bench", ["fastsparse/_bench.pyx", "src_c/fs_sparse.c",
-                                     "src_c/fs_loss.c", "src_c/fs_online.c"],
+                                    "src_c/fs_loss.c", "src_c/fs_kernels.c"],
               include_dirs=["src_c"], extra_compile_args=compile_args),
 ]
 

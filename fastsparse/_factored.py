@@ -5,11 +5,12 @@ import numpy as np
 
 from . import _checkpoint, _core
 from ._base import _CHUNK_ROWS, _COMMON_PARAMS_DOC, OutputLayerBase
+from ._errors import StepRefusedError
 from ._health import StabilityControl
-from ._threads import compute, locked
-from .losses import SquaredError
+from ._threads import compute, locked, single_thread
 
-_S = _core.Status
+_S = _core.fs_status
+_EMPTY = np.zeros(0)
 
 
 class FactoredOutputLayer(OutputLayerBase):
@@ -42,10 +43,12 @@ class FactoredOutputLayer(OutputLayerBase):
         Standard deviation of the initial weights, default 1/sqrt(n_hidden).
     """ + _COMMON_PARAMS_DOC + """    stability : None, bool or dict
         The automatic numerical-health control (on by default): ``False``
-        disables it, a dict sets its knobs (``check_every``, ``max_cond``,
-        ``inverse_tol``, ``inverse_every``, ``scale_exp``, ``max_renorms``;
-        see :class:`fastsparse._health.StabilityControl`).  See
-        :meth:`health` and :meth:`refresh`.
+        disables its checks and corrections, a dict sets its knobs:
+        ``max_cond`` (default 8: the bound on the condition number of U,
+        which amplifies the rounding of every later write to V),
+        ``min_abs_r`` (default 0.5, see below), ``check_every``,
+        ``inverse_tol``, ``inverse_every``, ``scale_exp``, ``max_renorms``,
+        ``max_lift``.  See :meth:`health` and :meth:`refresh`.
 
     Attributes
     ----------
@@ -54,9 +57,13 @@ class FactoredOutputLayer(OutputLayerBase):
     loss : fastsparse.losses.Loss
     has_bias, track_sum : bool
     min_abs_r : float
-        A step whose ``r = 1 - 2 lr dL/dq ||h||^2`` (the factor by which it
-        scales U along h) has ``|r| < min_abs_r`` is refused: U would become
-        (nearly) singular.  Default 1e-3.
+        An update scales U by a factor r along some direction (online:
+        ``r = 1 - 2 lr dL/dq ||h||^2`` along h; minibatch: each eigenvalue
+        of ``I - 2 lr H^T diag(dL/dq) H``).  When ``|r| < min_abs_r`` that
+        factor is applied to V directly, in one pass over V (O(D d)),
+        instead of making U (nearly) singular; no step is refused for a
+        small r, r = 0 included, as the dense layer refuses none.
+        ``0 < min_abs_r < 1``, default 0.5.
     online_block : int
         Examples per block of the online kernel (default 64).  The online
         mode applies the exact per-example updates in order; within a block
@@ -81,7 +88,6 @@ class FactoredOutputLayer(OutputLayerBase):
     A bias is handled as one more input fixed to 1 (one more column of W).
     """
 
-    min_abs_r = 1e-3
     _online_block = _core.ONLINE_BLOCK
     _single_thread = True
     _bias_in_V = True
@@ -111,6 +117,15 @@ class FactoredOutputLayer(OutputLayerBase):
     def _single_thread_blas(self):          # read by _threads.compute
         return self._single_thread
 
+    @property
+    def min_abs_r(self):
+        return self._health.min_abs_r
+
+    @min_abs_r.setter
+    def min_abs_r(self, value):
+        from ._health import _real
+        self._health.min_abs_r = _real(value, "min_abs_r", low=0.0, high=1.0)
+
     def _setup(self, W, b, loss, track_sum, stability=None):
         super()._setup(W, b, loss, track_sum)
         if stability is None or stability is True:
@@ -132,6 +147,7 @@ class FactoredOutputLayer(OutputLayerBase):
         self._sv = (_column_sums(V) if track_sum
                     else np.zeros(0, dtype=self.dtype))
         self._params = self.loss.params
+        self._health.start(self)
 
     # -------------------------------------------------------------- state
     def _weight_rows(self, rows):
@@ -211,80 +227,95 @@ class FactoredOutputLayer(OutputLayerBase):
             K = tg.indices.shape[0] // m
             L, ga, gq, gs = self.loss(a.reshape(m, K).astype(np.float64), q, s,
                                       tg.values.reshape(m, K).astype(np.float64))
-            self._run(_core.backward, Ha, (tg.indptr, tg.indices,
-                      ga.ravel().astype(self.dtype), gq, gs, lr, wd), (grad,))
-            self._after(m, lr)
+            self._batch(Ha, tg, lr, wd, None, grad,
+                        (ga.ravel().astype(self.dtype), gq, gs))
             return L.astype(self.dtype), self._strip(grad)
         loss = np.empty(m, dtype=self.dtype)
-        if m == 1:
-            # one example: the minibatch update is the online update, and
-            # the online kernel is the cheaper of the two
-            mode = "online"
-        if mode == "batch":
-            if lr > 0 and isinstance(self.loss, SquaredError):
-                self._provably_safe(Ha, tg, lr)  # refuses a bad squared-error step
-            self._run(_core.batch_step, Ha, (tg.indptr, tg.indices, tg.values,
-                      lr, wd, self.loss.kind, self._params), (loss, grad))
-            self._after(m, lr)
+        if mode == "batch" and m > 1:
+            self._batch(Ha, tg, lr, wd, loss, grad)
             return loss, self._strip(grad)
-        # online: in pieces that end where a health check is due
-        snapshot = None
-        # (a kernel refuses an example before writing anything for it, so a
-        # call of one example needs no snapshot)
-        if lr > 0 and not self._provably_safe(Ha, tg, lr) and m > 1:
-            # a later example could still be refused: keep what the call may
-            # touch so that a refused call changes nothing (and check only
-            # after the whole call, so the snapshot stays valid)
-            snapshot = self._snapshot(tg)
+        # online (a minibatch of one example is one online update, and the
+        # online kernel is the cheaper of the two): the kernel stops early
+        # when the condition bound asks for a check (docs/algorithm.md §5)
+        ctl = self._health.control(lr, wd)
         start = 0
         while start < m:
-            n = m - start
-            if snapshot is None and lr > 0 and self._health.enabled:
-                n = min(n, self._health.examples_to_next_check())
-            sub, part = slice(start, start + n), tg.slice(start, start + n)
-            self._run(_core.online_step, Ha[sub], (part.indptr, part.indices,
-                      part.values, lr, wd, self.loss.kind, self._params),
-                      (loss[sub], grad[sub]), snapshot, offset=start,
-                      block=self._online_block)
-            self._after(n, lr)
-            start += n
+            part = tg.slice(start, m)
+            status = _core.online_step(*self._state(), Ha[start:], part.indptr,
+                                       part.indices, part.values, self.loss.kind,
+                                       self._params, self._online_block, ctl,
+                                       loss[start:], grad[start:])
+            done = ctl.done
+            if lr > 0:
+                self._health.after_examples(self, done, ctl)
+            if status not in (_S.FS_OK, _S.FS_CHECK):
+                self._raise_status(status, start + ctl.bad, start + done)
+            start += done
         return loss, self._strip(grad)
+
+    def _batch(self, Ha, tg, lr, wd, loss, grad, given=None):
+        """One minibatch update: the built-in loss (losses into ``loss``),
+        or the given (dL/da, dL/dq, dL/ds)."""
+        ctl = self._health.control(lr, wd)
+        if given is None:
+            ga, gq, gs = np.zeros(0, dtype=self.dtype), _EMPTY, _EMPTY
+            kind, values, out = self.loss.kind, tg.values, loss
+        else:
+            (ga, gq, gs), kind, values = given, 0, tg.values
+            out = np.zeros(0, dtype=self.dtype)
+        status = _core.batch_step(*self._state(), Ha, tg.indptr, tg.indices,
+                                  values, kind, self._params, ga, gq, gs, ctl,
+                                  out, grad)
+        if status != _S.FS_OK:
+            self._raise_status(status, ctl.bad, 0)
+        if lr > 0:
+            self._health.after_examples(self, Ha.shape[0], ctl)
 
     def _backward(self, H, tg, gq, gs, lr, wd):
         Ha = self._augment(H)
         grad = np.empty(Ha.shape, dtype=self.dtype)
-        self._run(_core.backward, Ha,
-                  (tg.indptr, tg.indices, tg.values, gq, gs, lr, wd), (grad,))
-        self._after(H.shape[0], lr)
+        self._batch(Ha, tg, lr, wd, None, grad, (tg.values, gq, gs))
         return self._strip(grad)
-
-    def _after(self, n, lr):
-        if lr > 0:
-            self._health.after_examples(self, n)
 
     def _strip(self, grad):
         """dL/dH without the bias' constant input."""
         return np.ascontiguousarray(grad[:, :self.n_hidden]) if self.has_bias else grad
 
-    def _run(self, kernel, Ha, inputs, outputs, snapshot=None, offset=0,
-             **options):
-        """Call a kernel on the state; map a failure to an exception, after
-        restoring the snapshot, if any (the batch kernels check everything
-        before their first write, so they need none).  ``offset``: index in
-        the user's call of the first example passed."""
-        status, bad, bad_r = kernel(*self._state(), Ha, *inputs,
-                                    self.min_abs_r, *outputs, **options)
-        if status != _S.STATUS_OK:
-            if snapshot is not None:
-                self._restore(snapshot)
-            applied = 0
-            if kernel is _core.online_step and snapshot is None:
-                applied = offset + bad
-            self._raise_status(status, offset + bad, bad_r, applied)
+    def _raise_status(self, status, bad, applied):
+        """Map a kernel's refusal to an exception.  ``bad``: the refused
+        example (-1: the whole minibatch), ``applied``: examples of the
+        call applied before it (online mode)."""
+        where = f" at example {bad}" if bad >= 0 else ""
+        tail = (f" Examples 0..{applied - 1} of this call were applied before "
+                f"it (the layer is exactly in the state they left)."
+                if applied > 0 else " Nothing was changed.")
+        if status == _S.FS_NOMEM:
+            raise MemoryError("fastsparse: could not allocate the step's workspace")
+        self._health.check_finite(self)     # a broken state says so first
+        if status == _S.FS_NONFINITE:
+            msg = (f"step refused{where}: the outputs or the gradient are not "
+                   f"finite in {self.dtype.name} (activations, targets or "
+                   f"learning rate too large for the layer's state).")
+        elif status == _S.FS_LOSS:
+            msg = (f"step refused{where}: the {self.loss.name!r} loss or its "
+                   f"gradient is not finite there.")
+        elif status == _S.FS_OVERFLOW:
+            msg = (f"step refused{where}: the update would push the layer's "
+                   f"state (U, its inverse or M = V^T V) out of the range of "
+                   f"{self.dtype.name}. Lower lr or scale the activations or "
+                   f"targets down.")
+        elif status == _S.FS_SINGULAR:
+            msg = ("minibatch step refused: the Woodbury system of the update "
+                   "could not be factored. Use mode='online' or smaller "
+                   "minibatches.")
+        else:
+            raise RuntimeError(f"fastsparse: unexpected kernel status {status}")
+        raise StepRefusedError(msg + tail, example=bad if bad >= 0 else None,
+                               applied=applied)
 
     # -------------------------------------------------------- checkpoints
     def _checkpoint_meta(self):
-        return {"min_abs_r": self.min_abs_r, "stability": self._health.state()}
+        return {"stability": self._health.state()}
 
     def _checkpoint_arrays(self):
         return {"V": self._V, "U": self._U, "Uinv": self._Uinv, "M": self._M,
@@ -304,32 +335,37 @@ class FactoredOutputLayer(OutputLayerBase):
                              f"inverse is {err:.3g} away from the identity")
         for name in ("V", "U", "Uinv", "M", "omega", "sv"):
             setattr(self, "_" + name, np.ascontiguousarray(arrays[name]))
-        self.min_abs_r = float(meta["min_abs_r"])
         self._params = self.loss.params
-        self._health = StabilityControl.from_state(self.dtype, meta["stability"])
+        stability = dict(meta["stability"])
+        stability.setdefault("knobs", {}).setdefault("min_abs_r", meta.get("min_abs_r", 0.5))
+        self._health = StabilityControl.from_state(self.dtype, stability, self)
 
     # ------------------------------------------------------------- health
     @compute
     def health(self):
         """Fresh estimates of the numerical health of the state, and counts.
 
-        Costs a few d x d matrix-vector products (no correction is made).
+        A pure read: it changes nothing (a run that calls it after every step
+        is bit for bit the one that never does).  Costs a few d x d x k
+        matrix products.
 
         Returns
         -------
         dict
             ``sigma_max``, ``sigma_min``: estimates of U's extreme singular
             values; ``cond``: their ratio; ``inverse_error``: estimate of
-            ``||U Uinv - I||`` (on a probe vector); ``steps``: examples
-            trained; ``steps_since_renormalization``; ``n_checks``,
+            ``||U Uinv x - x||`` on unit vectors; ``steps``: examples
+            trained; ``steps_since_renormalization``; ``min_abs_factor``: the
+            smallest |r| met (see ``min_abs_r``); ``n_checks``,
             ``n_inverse_refreshes``, ``n_renormalizations``, ``n_rescales``,
             ``n_refactorizations``: counts of the automatic control's checks
-            and corrective actions; ``control_seconds``: time they took.
+            and corrective actions; ``n_near_singular_updates``: updates
+            whose small factors were applied to V directly (each a pass over
+            V); ``control_seconds``: time the checks and corrections took.
         """
-        self._health.check(self, correct=False)
-        return self._health.report()
+        return self._health.report(self)
 
-    @locked
+    @compute
     def refresh(self, exact=True):
         """Recompute derived state from the factors.
 
@@ -341,91 +377,22 @@ class FactoredOutputLayer(OutputLayerBase):
             (O(d^3)).  False: only the inverse.
         """
         self._health.refresh_inverse(self)
-        if not exact:
-            return
-        self._M[...] = _gram(self._V)
-        if self._sv.size:
-            self._sv[...] = _column_sums(self._V)
-
-    def _provably_safe(self, Ha, tg, lr):
-        """Whether no example of the call can be refused.
-
-        r = 1 - 2 lr dL/dq ||h||^2.  For squared error dL/dq = 1, so r is
-        known now: a step with |r| < min_abs_r is refused here, before
-        anything changes, in either mode.  For the other losses an upper
-        bound of dL/dq (from the targets alone) may prove r >= min_abs_r;
-        when it cannot, the online kernel checks each example.
-        """
-        squared = isinstance(self.loss, SquaredError)
-        bound = None if squared else self.loss.gq_bound(_row_sums(tg),
-                                                        self.n_outputs)
-        if bound is None and not squared:
-            return False
-        hh = np.einsum("ij,ij->i", Ha, Ha, dtype=np.float64)
-        if squared:
-            r = 1.0 - 2.0 * lr * hh
-            small = np.flatnonzero(np.abs(r) < self.min_abs_r)
-            if small.size:
-                i = int(small[0])
-                raise ValueError(
-                    f"step refused: example {i} has r = 1 - 2 lr ||h||^2 = "
-                    f"{r[i]:.3g} (lr = {lr:g}, ||h||^2 = {hh[i]:.6g}), |r| < "
-                    f"min_abs_r = {self.min_abs_r:g}: the update would make U "
-                    f"(nearly) singular. Lower lr or rescale h. Nothing was "
-                    f"changed.")
-            return True
-        return bool(np.all(1.0 - 2.0 * lr * bound * hh >= self.min_abs_r))
-
-    def _snapshot(self, tg):
-        rows = np.unique(tg.indices)
-        return rows, self._V[rows], [x.copy() for x in self._state()[1:]]
-
-    def _restore(self, snapshot):
-        rows, vrows, arrays = snapshot
-        self._V[rows] = vrows
-        for dst, src in zip(self._state()[1:], arrays):
-            dst[...] = src
-
-    def _raise_status(self, status, bad, bad_r, applied):
-        tail = (f" Examples 0..{applied - 1} of this call were applied before it."
-                if applied > 0 else " Nothing was changed.")
-        if status == _S.STATUS_SMALL_R:
-            raise ValueError(
-                f"step refused at example {bad}: r = 1 - 2 lr dL/dq ||h||^2 = "
-                f"{bad_r:.3g}, |r| < min_abs_r = {self.min_abs_r:g}: U would "
-                f"become (nearly) singular. Lower lr or rescale h.{tail}")
-        if status == _S.STATUS_SINGULAR:
-            raise ValueError(
-                "minibatch step refused: the Woodbury system "
-                "I - 2 lr diag(dL/dq) H H^T is (nearly) singular. Lower lr, "
-                "use smaller minibatches or mode='online'. Nothing was changed.")
-        if status == _S.STATUS_LOSS:
-            raise FloatingPointError(
-                f"the {self.loss.name!r} loss or its gradient is not finite at "
-                f"example {bad}.{tail}")
-        if status == _S.STATUS_NONFINITE:
-            raise FloatingPointError(
-                f"non-finite values in the layer's state showed at example "
-                f"{bad} (a too large learning rate?); the step was refused "
-                f"before applying it.{tail}")
-        if status == _S.STATUS_NOMEM:
-            raise MemoryError("fastsparse: could not allocate the step's workspace")
-        raise RuntimeError(f"fastsparse: unexpected kernel status {status}")
-
-
-def _row_sums(tg):
-    """Sum of the target values of each example."""
-    rows = np.repeat(np.arange(tg.n_examples), np.diff(tg.indptr))
-    return np.bincount(rows, weights=tg.values, minlength=tg.n_examples)
+        if exact:
+            self._M[...] = _gram(self._V)
+            if self._sv.size:
+                self._sv[...] = _column_sums(self._V)
+        self._health.start(self)
 
 
 def _gram(V):
-    """V^T V, accumulated over chunks of rows in float64 (then cast)."""
+    """V^T V, accumulated over chunks of rows in float64 (then cast), on one
+    BLAS thread: the same bits whatever the process's thread settings."""
     d = V.shape[1]
     Q = np.zeros((d, d), dtype=np.float64)
-    for start in range(0, V.shape[0], _CHUNK_ROWS):
-        Vc = V[start:start + _CHUNK_ROWS]
-        Q += Vc.T @ Vc
+    with single_thread():
+        for start in range(0, V.shape[0], _CHUNK_ROWS):
+            Vc = V[start:start + _CHUNK_ROWS].astype(np.float64)
+            Q += Vc.T @ Vc
     return Q.astype(V.dtype)
 
 

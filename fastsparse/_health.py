@@ -1,28 +1,28 @@
-"""Numerical health of the factored layer (ALGORITHM.md, "Numerical health").
+"""Numerical health of the factored layer (docs/algorithm.md, §4 to §6).
 
-In exact arithmetic ``W = V U`` equals the dense weights forever; in floating
-point three things drift.  This module watches them with O(d^2) estimates on
-a schedule and corrects them, as rarely as possible:
+In exact arithmetic ``W = V U`` equals the dense weights forever; in
+floating point the rounding of every later write to V is amplified by the
+condition number of U, and the running inverse and M = V^T V accumulate
+rounding.  The kernels keep rigorous upper bounds of sigma_max(U)^2 and
+||U^-1||^2 up to date at every update (§5) and stop an online call when
+their product exceeds ``max_cond^2``; this module then checks the state
+with O(d^2 k) estimates and corrects it:
 
-* the running inverse of U (Sherman-Morrison/Woodbury rounding): a probe
-  ``||U (Uinv x) - x||``; recomputed from U by LU when it exceeds
-  ``inverse_tol`` or every ``inverse_every`` examples (O(d^3));
-* the conditioning of U (each update scales it by r along h, V grows to
-  compensate and digits are lost in V U): warm-started power iterations
-  estimate its extreme singular values; when ``sigma_max / sigma_min``
-  exceeds ``max_cond``, an SVD of U (O(d^3), small next to what follows)
-  gives its weak left singular directions L_k, lifted to sigma_max by
-  ``U <- C U, V <- V C^{-1}``, ``C = I + L_k diag(alpha) L_k^T`` (W
-  unchanged; one fused pass over V, O(D d k)), which also yields an exact
-  inverse; a full re-factorisation ``V <- V U, U <- I`` (O(D d^2)) only as a
-  last resort, when that does not bring the condition number back;
-* the scale of U (which only matters for over/underflow): rescaled by an
-  exact power of two when sigma_max leaves ``[2^-scale_exp, 2^scale_exp]``.
+* the conditioning of U: warm-started subspace iteration on
+  ``Uinv^T Uinv`` finds U's weak left singular directions L; when
+  ``sigma_max / sigma_min > max_cond`` they are lifted by
+  ``U <- C U, V <- V C^{-1}``, ``C = I + L diag(alpha) L^T`` (W unchanged;
+  one pass over V, O(D d k)); a full re-factorisation ``V <- V U, U <- I``
+  (O(D d^2)) only as a last resort;
+* the running inverse of U: a probe ``||U Uinv x - x||``; recomputed from U
+  by LU when it exceeds ``inverse_tol`` (O(d^3));
+* the scale of U (over/underflow): rescaled by an exact power of two.
 
-M = V^T V (from which W^T W follows) is kept in V's coordinates, where its
-rounding stays relative (see fastsparse/_core.pyx); every correction here
-transforms it exactly along with V, and ``layer.refresh()`` recomputes it
-from V on demand.
+Every correction is an exact reparametrisation: W, M = V^T V and the
+column sums are transformed with V.  The layer's state is reached only
+through the small interface of :class:`FactoredState`-like layers:
+``layer._state_arrays()`` (V, U, Uinv, M, omega, sv), which the corrections
+update in place.
 """
 import time
 
@@ -31,7 +31,14 @@ import numpy as np
 from . import _core
 
 _ACTIONS = ("inverse_refreshes", "renormalizations", "rescales",
-            "refactorizations")
+            "refactorizations", "near_singular_updates")
+
+#: upper limit of the entries of the state (the kernels refuse an update
+#: whose bounds exceed it): far from overflow, so that products stay finite
+NORM_LIMIT = {np.dtype(np.float32): 2.0 ** 60, np.dtype(np.float64): 2.0 ** 500}
+
+#: safety factor on the estimated bounds (the estimates are lower bounds)
+_MARGIN = 1.1
 
 
 class StabilityControl:
@@ -40,26 +47,29 @@ class StabilityControl:
     Parameters
     ----------
     enabled : bool, default True
-        Whether checks and corrections run automatically after steps.
+        Whether checks and corrections run automatically.  The kernels'
+        near-singular handling (``min_abs_r``) stays on either way.
+    max_cond : float, default 8
+        Bound on the condition number of U.  The rounding of every write to
+        V is amplified by up to this factor; corrections that keep it cost a
+        pass over V each (O(D d k)), more often the lower the bound, on data
+        whose contexts repeat (README, "Numerical health").
+    min_abs_r : float, default 0.5
+        An update that scales U by a factor r with |r| < min_abs_r along some
+        direction (online: r = 1 - 2 lr dL/dq ||h||^2; minibatch: an
+        eigenvalue of I - 2 lr H^T diag(dL/dq) H) applies that factor to V
+        directly, in one pass over V, instead of making U ill-conditioned.
+        0 < min_abs_r < 1.
     check_every : int, default 256
-        Largest number of examples between two checks (a check costs six
-        d x d matrix-vector products, two of them in float64).  The interval
-        starts at 16 and doubles after each calm check; it halves (down to 1)
-        while the condition number or the inverse error grows by more than
-        the square root of its bound between checks, and grows back when
-        they are calm.  Long online calls are split at checks.
-    max_cond : float, optional
-        Bound on the condition number of U; default 30 in float32 (digits
-        are scarce) and 1e4 in float64.
+        Largest number of examples between two checks, whatever the bounds
+        say (a check costs a few d x d x k products).
     inverse_tol : float, optional
         Bound on the relative error ``||U Uinv x - x|| / ||x||`` of the
-        running inverse; default ``32 * eps`` in float32 (the inverse
-        multiplies every update of the target rows of V: 1e-5 was measured
-        to let their error grow to 1e-4, 2e-6 kept it at 3e-6) and 1e-12 in
+        running inverse; default ``32 * eps`` in float32 and 1e-12 in
         float64.
     inverse_every : int, default 100000
-        Recompute the inverse at least this often (examples); 0: never
-        on schedule.
+        Recompute the inverse at least this often (examples); 0: never on
+        schedule.
     scale_exp : int, default 32
         U is rescaled (by a power of two, exactly) when its largest
         singular value leaves ``[2^-scale_exp, 2^scale_exp]``.
@@ -67,125 +77,157 @@ class StabilityControl:
         Renormalisations tried in one check before falling back to a full
         re-factorisation.
     max_lift : int, default 16
-        Most directions lifted by one renormalisation: all those below
-        ``sigma_max / sqrt(max_cond)`` (at least the weakest), so that the
-        next one comes as late as possible.
+        Most directions lifted by one renormalisation (all those below
+        ``sigma_max / sqrt(max_cond)`` among the tracked ones, at least the
+        weakest).
     """
 
-    def __init__(self, dtype, *, enabled=True, check_every=256, max_cond=None,
-                 inverse_tol=None, inverse_every=100_000, scale_exp=32,
-                 max_renorms=2, max_lift=16):
+    _KNOBS = ("enabled", "max_cond", "min_abs_r", "check_every", "inverse_tol",
+              "inverse_every", "scale_exp", "max_renorms", "max_lift")
+
+    def __init__(self, dtype, *, enabled=True, max_cond=8.0, min_abs_r=0.5,
+                 check_every=256, inverse_tol=None, inverse_every=100_000,
+                 scale_exp=32, max_renorms=2, max_lift=16):
+        dtype = np.dtype(dtype)
         eps = float(np.finfo(dtype).eps)
+        self.dtype = dtype
+        if not isinstance(enabled, (bool, np.bool_)):
+            raise TypeError(f"enabled must be a bool, got {enabled!r}")
         self.enabled = bool(enabled)
+        self.max_cond = _real(max_cond, "max_cond", low=1.0)
+        self.min_abs_r = _real(min_abs_r, "min_abs_r", low=0.0, high=1.0)
         self.check_every = _positive_int(check_every, "check_every")
-        self.max_cond = float(max_cond if max_cond is not None
-                              else (30.0 if dtype == np.float32 else 1e4))
-        self.inverse_tol = float(inverse_tol if inverse_tol is not None
-                                 else (32 * eps if dtype == np.float32 else 1e-12))
-        self.inverse_every = _positive_int(inverse_every, "inverse_every", allow_zero=True)
+        self.inverse_tol = _real(inverse_tol if inverse_tol is not None
+                                 else (32 * eps if dtype == np.float32 else 1e-12),
+                                 "inverse_tol", low=0.0)
+        self.inverse_every = _positive_int(inverse_every, "inverse_every",
+                                           allow_zero=True)
         self.scale_exp = _positive_int(scale_exp, "scale_exp")
         self.max_renorms = _positive_int(max_renorms, "max_renorms", allow_zero=True)
-        self.max_lift = min(_positive_int(max_lift, "max_lift"), _core.MAX_RANK)
-        if not self.max_cond > 1:
-            raise ValueError(f"max_cond must be > 1, got {self.max_cond}")
-        if not self.inverse_tol > 0:
-            raise ValueError(f"inverse_tol must be > 0, got {self.inverse_tol}")
-        self._since_check = 0
-        self._since_inverse = 0
-        # start short; calm checks double the interval up to check_every
-        self._interval = min(16, self.check_every)
+        self.max_lift = _positive_int(max_lift, "max_lift")
         self.steps = 0
         self.steps_since_renormalization = 0
+        self._since_check = 0
+        self._since_inverse = 0
         self.counts = dict.fromkeys(("checks",) + _ACTIONS, 0)
         self.seconds = 0.0
+        self.min_factor = 1.0
         self.estimates = {"sigma_max": 1.0, "sigma_min": 1.0, "cond": 1.0,
                           "inverse_error": 0.0}
-        self._x_max = self._x_min = self._probe = None
+        self._x_max = None      # warm vector of sigma_max (left, float64)
+        self._X = None          # warm basis of the weak left directions
+        self.ctl = None         # the kernels' control record (_core.Control)
+
+    # ------------------------------------------------------------- set-up
+    def start(self, layer):
+        """Bounds of a fresh state (U = I up to scale) or a restored one."""
+        U, M = layer._U, layer._M
+        smax = float(np.linalg.norm(U.astype(np.float64), 2)) if U.size else 1.0
+        self.ctl = _core.Control(self.min_abs_r, 0.0, NORM_LIMIT[self.dtype],
+                                 smax * smax * _MARGIN,
+                                 _inverse_norm2(layer) * _MARGIN,
+                                 _sym_norm(M))
+
+    def control(self, lr, wd):
+        """The kernels' control record for a call with these rates."""
+        ctl = self.ctl
+        ctl.set_rates(lr, wd)
+        ctl.split = self.min_abs_r
+        ctl.cond_limit = self.max_cond if self.enabled and lr > 0 else 0.0
+        return ctl
 
     # ------------------------------------------------------------ schedule
-    def after_examples(self, layer, n):
+    def after_examples(self, layer, n, ctl):
         """Count n applied examples; run a check when one is due."""
+        if n <= 0:
+            return
         self.steps += n
         self.steps_since_renormalization += n
         self._since_check += n
         self._since_inverse += n
-        if self.enabled and self._since_check >= self._interval:
+        self.counts["near_singular_updates"] += ctl.n_split
+        self.min_factor = min(self.min_factor, ctl.min_factor)
+        if self.enabled and (self._since_check >= self.check_every
+                             or ctl.smax2 * ctl.sinv2 > self.max_cond ** 2):
             self.check(layer)
 
-    def examples_to_next_check(self):
-        return max(1, self._interval - self._since_check)
-
     # --------------------------------------------------------------- check
-    def check(self, layer, correct=True):
-        """Estimate the health of the state; correct it when needed."""
+    def check(self, layer):
+        """Estimate the health of the state and correct it when needed."""
         t0 = time.perf_counter()
         try:
             self._since_check = 0
             self.counts["checks"] += 1
             _check_finite(layer)
-            before = (self.estimates["cond"], self.estimates["inverse_error"])
-            self._estimate(layer, iterations=1)
-            if not correct:
-                return
-            self._adapt_interval(*before)
-            if (self.estimates["inverse_error"] > self.inverse_tol
-                    or (self.inverse_every and self._since_inverse >= self.inverse_every)):
-                self.refresh_inverse(layer)
+            est = self._estimate(layer, iterations=2, store=True)
             renorms = 0
-            while self.estimates["cond"] > self.max_cond:
+            while est["cond"] > self.max_cond:
                 if renorms == self.max_renorms:
                     self.refactorize(layer)
                     break
-                self._renormalize(layer)
+                self._renormalize(layer, est)
                 renorms += 1
-                self._estimate(layer, iterations=4)
-            smax = self.estimates["sigma_max"]
+                est = self._estimate(layer, iterations=2, store=True)
+            # after a renormalisation too: its update of Uinv cancels large
+            # entries, and the rounding of the V rows' updates follows
+            # ||Uinv U - I||, which is up to cond(U) times the probe's error
+            if (renorms or est["inverse_error"] > self.inverse_tol
+                    or (self.inverse_every and self._since_inverse >= self.inverse_every)):
+                self.refresh_inverse(layer)
+            smax = est["sigma_max"]
             if not 2.0 ** -self.scale_exp <= smax <= 2.0 ** self.scale_exp:
-                self._rescale(layer)
+                self._rescale(layer, est)
+            self._set_bounds(layer, est)
         finally:
             self.seconds += time.perf_counter() - t0
 
-    def _adapt_interval(self, cond_before, inv_before):
-        """Check more often while the state degrades fast, less when calm."""
-        grow_cond = self.estimates["cond"] / max(cond_before, 1.0)
-        grow_inv = (self.estimates["inverse_error"]
-                    / max(inv_before, self.inverse_tol / self.max_cond))
-        fast = (grow_cond > np.sqrt(self.max_cond)
-                or self.estimates["inverse_error"] > self.inverse_tol
-                and grow_inv > np.sqrt(self.max_cond))
-        if fast:
-            self._interval = max(1, self._interval // 2)
-        elif grow_cond < self.max_cond ** 0.125 and self._interval < self.check_every:
-            self._interval = min(self.check_every, 2 * self._interval)
+    def _set_bounds(self, layer, est):
+        ctl = self.ctl
+        ctl.smax2 = est["sigma_max"] ** 2 * _MARGIN
+        ctl.sinv2 = est["sigma_min"] ** -2 * _MARGIN
+        ctl.mnorm = _sym_norm(layer._M)
 
-    def _estimate(self, layer, iterations):
-        """Warm-started power iterations for U's extreme singular values
-        (in the layer's dtype: estimates), and the inverse-error probe (in
-        float64: float32 rounding of the product would be of the order of
-        the bound it is compared with)."""
-        U, Uinv = layer._U, layer._Uinv
-        dt = U.dtype
-        if self._x_max is None:
+    def _estimate(self, layer, iterations, store):
+        """sigma_max(U) by power iteration (warm), U's weak left singular
+        directions and values by subspace iteration on Uinv^T Uinv (warm),
+        and the inverse error on those vectors; all in float64.  Returns
+        the estimates; ``store``: keep them and the warm vectors (a pure
+        read otherwise)."""
+        U = layer._U.astype(np.float64)
+        Ui = layer._Uinv.astype(np.float64)
+        d = U.shape[0]
+        kw = min(d, self.max_lift + 2)
+        x, X = self._x_max, self._X
+        if x is None or X is None or X.shape != (d, kw):
             rng = np.random.default_rng(0)
-            self._x_max, self._x_min, self._probe = (
-                _unit(rng.standard_normal(U.shape[0])) for _ in range(3))
-        x_max = self._x_max.astype(dt)
-        x_min = self._x_min.astype(dt)
+            x = _unit(rng.standard_normal(d))
+            X = np.linalg.qr(rng.standard_normal((d, kw)))[0]
         for _ in range(iterations):
-            y = U.T @ (U @ x_max)
-            lam_max = float(np.linalg.norm(y.astype(np.float64)))
-            x_max = _unit(y)
-            z = Uinv.T @ (Uinv @ x_min)           # left singular vectors of U
-            lam_min = float(np.linalg.norm(z.astype(np.float64)))
-            x_min = _unit(z)
-        self._x_max = x_max.astype(np.float64)
-        self._x_min = x_min.astype(np.float64)
-        smax = np.sqrt(lam_max)
-        smin = 1.0 / np.sqrt(lam_min) if lam_min > 0 else 0.0
-        err = np.linalg.norm(U @ (Uinv @ self._probe) - self._probe)
-        self.estimates.update(sigma_max=float(smax), sigma_min=float(smin),
-                              cond=float(smax / smin) if smin > 0 else np.inf,
-                              inverse_error=float(err))
+            y = U.T @ x
+            x = _unit(U @ y)
+            X = np.linalg.qr(Ui.T @ (Ui @ X))[0]
+        smax = float(np.linalg.norm(U.T @ x))
+        Y = Ui @ X
+        theta, R = np.linalg.eigh(Y.T @ Y)           # ascending: 1 / sigma^2
+        X = X @ R[:, ::-1]                            # weakest first
+        theta = theta[::-1]
+        smin = 1.0 / np.sqrt(theta[0]) if theta[0] > 0 else 0.0
+        probe = U @ Y @ R[:, ::-1] - X
+        inv_err = float(np.sqrt((probe * probe).sum(0).max()))
+        est = {"sigma_max": smax, "sigma_min": float(smin),
+               "cond": smax / smin if smin > 0 else np.inf,
+               "inverse_error": inv_err,
+               "_theta": theta, "_X": X}
+        if store:
+            self._x_max, self._X = x, X
+            self.estimates.update({k: v for k, v in est.items()
+                                   if not k.startswith("_")})
+        return est
+
+    @staticmethod
+    def check_finite(layer):
+        """Raise FloatingPointError if the state holds NaN or Inf."""
+        _check_finite(layer)
 
     # ------------------------------------------------------------- actions
     def refresh_inverse(self, layer):
@@ -199,30 +241,38 @@ class StabilityControl:
         self._since_inverse = 0
         self.counts["inverse_refreshes"] += 1
 
-    def _renormalize(self, layer):
-        """Lift U's weak left singular directions L_k up to sigma_max:
+    def _renormalize(self, layer, est):
+        """Lift U's weak left singular directions L_k up to sigma_max (§5):
         U <- C U, Uinv <- Uinv C^{-1}, V <- V C^{-1}, M <- C^{-T} M C^{-1},
         sv <- C^{-T} sv with C = I + L_k diag(alpha) L_k^T."""
-        Lf, s, Rt = np.linalg.svd(layer._U.astype(np.float64))
-        thresh = s[0] / np.sqrt(self.max_cond)
-        k = int(np.clip(np.count_nonzero(s < thresh), 1, self.max_lift))
-        Lk = Lf[:, -k:]
-        beta = 1.0 - s[-k:] / s[0]           # C^{-1} = I - L_k diag(beta) L_k^T
-        s_new = s.copy()
-        s_new[-k:] = s[0]
-        # U' = C U and its inverse, exactly from the SVD
-        layer._U[...] = (Lf * s_new) @ Rt
-        layer._Uinv[...] = (Rt.T / s_new) @ Lf.T
-        Cinv = np.eye(s.size) - (Lk * beta) @ Lk.T
-        layer._M[...] = Cinv @ _full(layer._M) @ Cinv
+        theta, X = est["_theta"], est["_X"]
+        smax = est["sigma_max"]
+        sig = 1.0 / np.sqrt(np.maximum(theta, 1e-300))
+        k = int(np.clip(np.count_nonzero(sig < smax / np.sqrt(self.max_cond)),
+                        1, self.max_lift))
+        dt = layer.dtype
+        # the directions as V's pass will see them (rounded to the layer's
+        # dtype), so that U's and V's transformations are exact inverses
+        L = X[:, :k].astype(dt).astype(np.float64)
+        alpha = smax / sig[:k] - 1.0                 # C = I + L diag(alpha) L^T
+        B = np.linalg.inv(np.diag(1.0 / alpha) + L.T @ L)
+        # C^{-1} = I - L B L^T (Woodbury; B = diag(alpha/(1+alpha)) when L is
+        # orthonormal)
+        U = layer._U.astype(np.float64)
+        Ui = layer._Uinv.astype(np.float64)
+        layer._U[...] = U + (L * alpha) @ (L.T @ U)
+        layer._Uinv[...] = Ui - (Ui @ L) @ B @ L.T
+        Cinv = np.eye(L.shape[0]) - L @ B @ L.T
+        layer._M[...] = Cinv.T @ _full(layer._M) @ Cinv
         if layer._sv.size:
-            layer._sv[...] = Cinv @ layer._sv.astype(np.float64)
-        _core.low_rank_rows_update(layer._V, np.ascontiguousarray(Lk.T, dtype=layer.dtype),
-                                   beta.astype(layer.dtype))
-        self._since_inverse = 0
+            layer._sv[...] = Cinv.T @ layer._sv.astype(np.float64)
+        P = np.ascontiguousarray(L.T, dtype=dt)
+        Q = np.ascontiguousarray(B @ L.T, dtype=dt)
+        if _core.lowrank_rows(layer._V, P, Q, np.full(k, -1.0, dtype=dt)) != 0:
+            raise MemoryError("fastsparse: could not allocate the workspace "
+                              "of a renormalisation")
         self.counts["renormalizations"] += 1
         self.steps_since_renormalization = 0
-        self._x_min = Lf[:, max(0, s.size - k - 1)].copy()  # weakest left alone
 
     def refactorize(self, layer):
         """Last resort: V <- V U, U <- I, Uinv <- I (O(D d^2))."""
@@ -240,11 +290,11 @@ class StabilityControl:
         self._since_inverse = 0
         self.counts["refactorizations"] += 1
         self.steps_since_renormalization = 0
-        self.estimates.update(sigma_max=1.0, sigma_min=1.0, cond=1.0, inverse_error=0.0)
+        self._x_max = self._X = None
 
-    def _rescale(self, layer):
+    def _rescale(self, layer, est):
         """U <- 2^-e U, Uinv <- 2^e Uinv, V <- 2^e V: exact in floating point."""
-        e = int(np.round(np.log2(self.estimates["sigma_max"])))
+        e = int(np.round(np.log2(est["sigma_max"])))
         f = layer.dtype.type(2.0 ** e)
         layer._U *= layer.dtype.type(2.0 ** -e)
         layer._Uinv *= f
@@ -252,49 +302,64 @@ class StabilityControl:
         layer._M *= f * f
         layer._sv *= f
         self.counts["rescales"] += 1
+        est["sigma_max"] *= 2.0 ** -e
+        est["sigma_min"] *= 2.0 ** -e
         for key in ("sigma_max", "sigma_min"):
-            self.estimates[key] *= 2.0 ** -e
+            self.estimates[key] = est[key]
 
-    _KNOBS = ("enabled", "check_every", "max_cond", "inverse_tol", "inverse_every",
-              "scale_exp", "max_renorms", "max_lift")
-
+    # ------------------------------------------------------ state, report
     def state(self):
-        """Knobs, counters and estimates, JSON-serialisable (checkpoints)."""
-        vec = (lambda x: None if x is None else [float(v) for v in x])
+        """Knobs, counters, bounds and warm vectors, JSON-serialisable
+        (checkpoints)."""
+        vec = (lambda x: None if x is None else np.asarray(x).tolist())
+        ctl = self.ctl
         return {"knobs": {k: getattr(self, k) for k in self._KNOBS},
                 "counters": {"steps": self.steps,
                              "steps_since_renormalization": self.steps_since_renormalization,
                              "since_check": self._since_check,
                              "since_inverse": self._since_inverse,
-                             "interval": self._interval, "seconds": self.seconds,
+                             "seconds": self.seconds, "min_factor": self.min_factor,
                              "counts": dict(self.counts)},
+                "bounds": {"smax2": ctl.smax2, "sinv2": ctl.sinv2,
+                           "mnorm": ctl.mnorm},
                 "estimates": dict(self.estimates),
-                "vectors": {"x_max": vec(self._x_max), "x_min": vec(self._x_min),
-                            "probe": vec(self._probe)}}
+                "vectors": {"x_max": vec(self._x_max), "X": vec(self._X)}}
 
     @classmethod
-    def from_state(cls, dtype, state):
-        self = cls(dtype, **state["knobs"])
-        c = state["counters"]
-        self.steps = c["steps"]
-        self.steps_since_renormalization = c["steps_since_renormalization"]
-        self._since_check = c["since_check"]
-        self._since_inverse = c["since_inverse"]
-        self._interval = c["interval"]
-        self.seconds = c["seconds"]
-        self.counts.update(c["counts"])
-        self.estimates.update(state["estimates"])
-        vecs = state["vectors"]
-        if vecs["x_max"] is not None:
-            self._x_max, self._x_min, self._probe = (
-                np.array(vecs[k]) for k in ("x_max", "x_min", "probe"))
+    def from_state(cls, dtype, state, layer):
+        knobs = {k: v for k, v in state.get("knobs", {}).items() if k in cls._KNOBS}
+        self = cls(dtype, **knobs)
+        c = state.get("counters", {})
+        self.steps = int(c.get("steps", 0))
+        self.steps_since_renormalization = int(c.get("steps_since_renormalization", 0))
+        self._since_check = int(c.get("since_check", 0))
+        self._since_inverse = int(c.get("since_inverse", 0))
+        self.seconds = float(c.get("seconds", 0.0))
+        self.min_factor = float(c.get("min_factor", 1.0))
+        self.counts.update({k: int(v) for k, v in c.get("counts", {}).items()
+                            if k in self.counts})
+        self.estimates.update({k: float(v) for k, v in state.get("estimates", {}).items()
+                               if k in self.estimates})
+        vecs = state.get("vectors", {})
+        if vecs.get("x_max") is not None and vecs.get("X") is not None:
+            self._x_max = np.array(vecs["x_max"], dtype=np.float64)
+            self._X = np.array(vecs["X"], dtype=np.float64)
+        self.start(layer)
+        b = state.get("bounds")
+        if b is not None:
+            self.ctl.smax2 = float(b["smax2"])
+            self.ctl.sinv2 = float(b["sinv2"])
+            self.ctl.mnorm = float(b["mnorm"])
         return self
 
-    def report(self):
-        out = dict(self.estimates)
+    def report(self, layer):
+        """Fresh estimates and the counts, without changing anything."""
+        _check_finite(layer)
+        est = self._estimate(layer, iterations=8, store=False)
+        out = {k: v for k, v in est.items() if not k.startswith("_")}
         out.update(steps=self.steps,
                    steps_since_renormalization=self.steps_since_renormalization,
-                   check_interval=self._interval,
+                   min_abs_factor=self.min_factor,
                    control_seconds=self.seconds,
                    **{f"n_{k}": v for k, v in self.counts.items()})
         return out
@@ -306,14 +371,41 @@ def _full(S):
     return upper + np.triu(upper, 1).T
 
 
+def _sym_norm(M):
+    """||M||_F of the symmetric matrix held in M's upper triangle (>= ||M||_2)."""
+    full = _full(M)
+    return float(np.sqrt((full * full).sum()))
+
+
+def _inverse_norm2(layer):
+    """||Uinv||_2^2 (exact, by SVD: used at set-up only)."""
+    Ui = layer._Uinv.astype(np.float64)
+    return float(np.linalg.norm(Ui, 2)) ** 2 if Ui.size else 1.0
+
+
 def _unit(x):
     n = np.linalg.norm(x)
     return x / n if n > 0 else x
 
 
+def _real(value, name, low=None, high=None):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    v = float(value)
+    if not np.isfinite(v) or (low is not None and not v > low) \
+            or (high is not None and not v < high):
+        rng = (f" in ({low:g}, {high:g})" if high is not None
+               else f" > {low:g}" if low is not None else " finite")
+        raise ValueError(f"{name} must be{rng}, got {value!r}")
+    return v
+
+
 def _positive_int(value, name, allow_zero=False):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer >= {0 if allow_zero else 1}, "
+                         f"got {value!r}")
     v = int(value)
-    if v != value or v < (0 if allow_zero else 1):
+    if v < (0 if allow_zero else 1):
         raise ValueError(f"{name} must be an integer >= {0 if allow_zero else 1}, got {value!r}")
     return v
 
@@ -325,5 +417,4 @@ def _check_finite(layer):
         if not np.isfinite(arr.sum(dtype=np.float64)):
             raise FloatingPointError(
                 f"the factored state holds non-finite values ({name[1:]}): the "
-                "layer is broken (a too large learning rate?); rebuild it from "
-                "saved weights")
+                "layer is broken; rebuild it from saved weights")

@@ -93,6 +93,12 @@ def _exit():
         _last_exit = time.monotonic()
 
 
+def single_thread():
+    """Context manager: BLAS on one thread inside it (computations of the
+    state that must give the same bits whatever the thread settings)."""
+    return _blas_controller().limit(limits=1)
+
+
 def compute(method):
     """Decorator of the layers' compute methods: the layer's lock and, for
     layers whose ``_single_thread_blas`` is true (small d x d calls),

@@ -1,12 +1,15 @@
-/* BLAS for the C kernels of src_c/, through a table of Fortran-ABI function
- * pointers that the host fills once before any kernel runs:
- *   - the Python package: fastsparse._core, at import, with the routines of
- *     scipy.linalg.cython_blas (so nothing links against a BLAS library);
- *   - bench/c/fs_microbench: with the symbols of a BLAS library (e.g. the
- *     scipy-openblas32 wheel's libscipy_openblas, prefix "scipy_").
- * The static inline wrappers below take row-major matrices and, like the
- * Cython wrappers of fastsparse/_blas.pyx, handle row-major storage by
- * swapping operands / flipping flags, never by copying. */
+/* BLAS and LAPACK for the C kernels of src_c/, through one table of
+ * Fortran-ABI function pointers that the host fills once before any kernel
+ * runs: fastsparse._core fills it at import with the routines of
+ * scipy.linalg.cython_blas / cython_lapack (nothing links against a BLAS
+ * library).
+ *
+ * The static inline wrappers below take ROW-MAJOR matrices and handle the
+ * storage order by swapping operands / flipping flags, never by copying (a
+ * row-major matrix is the column-major view of its transpose).  They are
+ * the only BLAS binding of the package: every kernel calls BLAS through
+ * them.  Calls with a single row go to the BLAS-2 routine (a one-row GEMM
+ * costs a packing pass of its other operand).  No validation here. */
 #ifndef FS_BLAS_H
 #define FS_BLAS_H
 
@@ -17,68 +20,145 @@ typedef void fs_##S##gemm_t(const char *ta, const char *tb, const int *m,      \
 typedef void fs_##S##gemv_t(const char *t, const int *m, const int *n,         \
     const T *alpha, const T *A, const int *lda, const T *x, const int *incx,   \
     const T *beta, T *y, const int *incy);                                     \
+typedef void fs_##S##ger_t(const int *m, const int *n, const T *alpha,         \
+    const T *x, const int *incx, const T *y, const int *incy, T *A,            \
+    const int *lda);                                                           \
 typedef void fs_##S##symm_t(const char *side, const char *uplo, const int *m,  \
     const int *n, const T *alpha, const T *A, const int *lda, const T *B,      \
     const int *ldb, const T *beta, T *C, const int *ldc);                      \
+typedef void fs_##S##symv_t(const char *uplo, const int *n, const T *alpha,    \
+    const T *A, const int *lda, const T *x, const int *incx, const T *beta,    \
+    T *y, const int *incy);                                                    \
 typedef void fs_##S##syr2k_t(const char *uplo, const char *t, const int *n,    \
     const int *k, const T *alpha, const T *A, const int *lda, const T *B,      \
-    const int *ldb, const T *beta, T *C, const int *ldc);
+    const int *ldb, const T *beta, T *C, const int *ldc);                      \
+typedef void fs_##S##syr2_t(const char *uplo, const int *n, const T *alpha,    \
+    const T *x, const int *incx, const T *y, const int *incy, T *A,            \
+    const int *lda);                                                           \
+typedef void fs_##S##getrf_t(const int *m, const int *n, T *A, const int *lda, \
+    int *ipiv, int *info);                                                     \
+typedef void fs_##S##getrs_t(const char *t, const int *n, const int *nrhs,     \
+    const T *A, const int *lda, const int *ipiv, T *B, const int *ldb,         \
+    int *info);
 
 FS_BLAS_TYPES(float, s)
 FS_BLAS_TYPES(double, d)
 #undef FS_BLAS_TYPES
 
+/* double-precision LAPACK used by the spectrum of a minibatch update */
+typedef void fs_dsyev_t(const char *jobz, const char *uplo, const int *n,
+    double *A, const int *lda, double *w, double *work, const int *lwork,
+    int *info);
+typedef void fs_dgeqrf_t(const int *m, const int *n, double *A, const int *lda,
+    double *tau, double *work, const int *lwork, int *info);
+typedef void fs_dorgqr_t(const int *m, const int *n, const int *k, double *A,
+    const int *lda, const double *tau, double *work, const int *lwork,
+    int *info);
+
 typedef struct {
     fs_sgemm_t *sgemm;   fs_dgemm_t *dgemm;
     fs_sgemv_t *sgemv;   fs_dgemv_t *dgemv;
+    fs_sger_t *sger;     fs_dger_t *dger;
     fs_ssymm_t *ssymm;   fs_dsymm_t *dsymm;
+    fs_ssymv_t *ssymv;   fs_dsymv_t *dsymv;
     fs_ssyr2k_t *ssyr2k; fs_dsyr2k_t *dsyr2k;
+    fs_ssyr2_t *ssyr2;   fs_dsyr2_t *dsyr2;
+    fs_sgetrf_t *sgetrf; fs_dgetrf_t *dgetrf;
+    fs_sgetrs_t *sgetrs; fs_dgetrs_t *dgetrs;
+    fs_dsyev_t *dsyev;   fs_dgeqrf_t *dgeqrf; fs_dorgqr_t *dorgqr;
 } fs_blas_table;
 
-/* The table the kernels use (defined in fs_online.c). */
+/* The table the kernels use (defined in fs_kernels.c, filled by the host). */
 extern fs_blas_table fs_blas;
 
-/* Fill the table (hosts that only have untyped addresses, e.g. Cython's
- * view of scipy.linalg.cython_blas). */
-void fs_blas_set(void *sgemm, void *dgemm, void *sgemv, void *dgemv,
-                 void *ssymm, void *dsymm, void *ssyr2k, void *dsyr2k);
-
-/* Row-major wrappers (suffix _s / _d).  trans arguments are 0 (no) or 1. */
+/* Row-major wrappers, suffix _s / _d; trans arguments are 0 (no) or 1. */
 #define FS_BLAS_WRAPPERS(T, S)                                                \
+/* y = alpha op(A) x + beta y, A m x n */                                     \
+static inline void fs_gemv_##S(int ta, int m, int n, T alpha, const T *A,     \
+                               int lda, const T *x, int incx, T beta, T *y,   \
+                               int incy)                                      \
+{                                                                             \
+    const char t = ta ? 'N' : 'T';                                            \
+    fs_blas.S##gemv(&t, &n, &m, &alpha, A, &lda, x, &incx, &beta, y, &incy);  \
+}                                                                             \
+/* A (m x n) += alpha x y^T */                                                \
+static inline void fs_ger_##S(int m, int n, T alpha, const T *x, int incx,    \
+                              const T *y, int incy, T *A, int lda)            \
+{                                                                             \
+    fs_blas.S##ger(&n, &m, &alpha, y, &incy, x, &incx, A, &lda);              \
+}                                                                             \
 /* C (m x n) = alpha op(A) op(B) + beta C */                                  \
 static inline void fs_gemm_##S(int ta, int tb, int m, int n, int k, T alpha,  \
                                const T *A, int lda, const T *B, int ldb,      \
                                T beta, T *C, int ldc)                         \
-{   /* row-major C is column-major C^T = op(B)^T op(A)^T */                   \
-    const char cta = ta ? 'T' : 'N', ctb = tb ? 'T' : 'N';                    \
-    fs_blas.S##gemm(&ctb, &cta, &n, &m, &k, &alpha, B, &ldb, A, &lda, &beta,  \
-                    C, &ldc);                                                 \
-}                                                                             \
-/* y = alpha op(A) x + beta y, A m x n */                                     \
-static inline void fs_gemv_##S(int ta, int m, int n, T alpha, const T *A,     \
-                               int lda, const T *x, T beta, T *y)             \
 {                                                                             \
-    const char t = ta ? 'N' : 'T';                                            \
-    const int one = 1;                                                        \
-    fs_blas.S##gemv(&t, &n, &m, &alpha, A, &lda, x, &one, &beta, y, &one);    \
+    if (m == 1) {   /* one row: c = alpha op(B)^T a + beta c */               \
+        fs_gemv_##S(!tb, tb ? n : k, tb ? k : n, alpha, B, ldb, A,            \
+                    ta ? lda : 1, beta, C, 1);                                \
+        return;                                                               \
+    }                                                                         \
+    if (k == 1 && beta == (T)1) {   /* rank one: C += alpha a b^T */          \
+        fs_ger_##S(m, n, alpha, A, ta ? 1 : lda, B, tb ? ldb : 1, C, ldc);    \
+        return;                                                               \
+    }                                                                         \
+    {   /* row-major C is column-major C^T = op(B)^T op(A)^T */               \
+        const char cta = ta ? 'T' : 'N', ctb = tb ? 'T' : 'N';                \
+        fs_blas.S##gemm(&ctb, &cta, &n, &m, &k, &alpha, B, &ldb, A, &lda,     \
+                        &beta, C, &ldc);                                      \
+    }                                                                         \
 }                                                                             \
 /* C (m x n) = alpha B A + beta C, A n x n symmetric (upper triangle read) */ \
 static inline void fs_symm_right_upper_##S(int m, int n, T alpha, const T *A, \
                                            int lda, const T *B, int ldb,      \
                                            T beta, T *C, int ldc)             \
-{   /* column-major: C^T = alpha A B^T + beta C^T, A's lower triangle */      \
-    const char side = 'L', uplo = 'L';                                        \
-    fs_blas.S##symm(&side, &uplo, &n, &m, &alpha, A, &lda, B, &ldb, &beta,    \
-                    C, &ldc);                                                 \
+{                                                                             \
+    if (m == 1) {                                                             \
+        const char uplo = 'L';                                                \
+        const int one = 1;                                                    \
+        fs_blas.S##symv(&uplo, &n, &alpha, A, &lda, B, &one, &beta, C, &one); \
+        return;                                                               \
+    }                                                                         \
+    {   /* column-major: C^T = alpha A B^T + beta C^T, A's lower triangle */  \
+        const char side = 'L', uplo = 'L';                                    \
+        fs_blas.S##symm(&side, &uplo, &n, &m, &alpha, A, &lda, B, &ldb,       \
+                        &beta, C, &ldc);                                      \
+    }                                                                         \
 }                                                                             \
-/* upper triangle of C (n x n) += alpha (A^T B + B^T A), A and B k x n */     \
+/* upper triangle of C (n x n) = alpha (A^T B + B^T A) + beta C, A and B     \
+ * k x n */                                                                   \
 static inline void fs_syr2k_upper_trans_##S(int n, int k, T alpha,            \
                                             const T *A, int lda, const T *B,  \
                                             int ldb, T beta, T *C, int ldc)   \
-{   /* column-major: A^T is n x k, C^T's lower triangle */                    \
-    const char uplo = 'L', t = 'N';                                           \
-    fs_blas.S##syr2k(&uplo, &t, &n, &k, &alpha, A, &lda, B, &ldb, &beta, C,   \
-                     &ldc);                                                   \
+{                                                                             \
+    const char uplo = 'L';                                                    \
+    if (k == 1 && beta == (T)1) {                                             \
+        const int one = 1;                                                    \
+        fs_blas.S##syr2(&uplo, &n, &alpha, A, &one, B, &one, C, &ldc);        \
+        return;                                                               \
+    }                                                                         \
+    {   /* column-major: A^T is n x k, C^T's lower triangle */                \
+        const char t = 'N';                                                   \
+        fs_blas.S##syr2k(&uplo, &t, &n, &k, &alpha, A, &lda, B, &ldb, &beta,  \
+                         C, &ldc);                                            \
+    }                                                                         \
+}                                                                             \
+/* LU of the n x n row-major A in place (the factors of its column-major     \
+ * view A^T); returns LAPACK's info */                                        \
+static inline int fs_getrf_##S(int n, T *A, int lda, int *ipiv)               \
+{                                                                             \
+    int info = 0;                                                             \
+    fs_blas.S##getrf(&n, &n, A, &lda, ipiv, &info);                           \
+    return info;                                                              \
+}                                                                             \
+/* solve A x = b for each of the nrhs ROWS b of the row-major B (nrhs x n),   \
+ * with A factored by fs_getrf */                                             \
+static inline int fs_getrs_##S(int n, int nrhs, const T *A, int lda,          \
+                               const int *ipiv, T *B, int ldb)                \
+{                                                                             \
+    const char t = 'T';                                                       \
+    int info = 0;                                                             \
+    fs_blas.S##getrs(&t, &n, &nrhs, A, &lda, ipiv, B, &ldb, &info);           \
+    return info;                                                              \
 }
 
 FS_BLAS_WRAPPERS(float, s)

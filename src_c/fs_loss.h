@@ -1,5 +1,5 @@
-/* Losses of the spherical family, shared by the Cython kernels and the C
- * online kernel (fs_online.c): each is a function of the outputs at the
+/* Losses of the spherical family, evaluated inside the kernels of
+ * fs_kernels.c: each is a function of the outputs at the
  * targets a (K values), q = ||o||^2 and s = sum(o) (ALGORITHM.md, "Losses to
  * provide").  Also the status codes every kernel returns (the Cython enum
  * fastsparse._core.Status has the same values). */
@@ -8,13 +8,14 @@
 
 #include <stddef.h>
 
-enum fs_status {
+enum fs_status {         /* fastsparse._core.Status has the same values */
     FS_OK = 0,
-    FS_SMALL_R = 1,     /* |r| < r_tol: U would become (nearly) singular */
-    FS_SINGULAR = 2,    /* the minibatch Woodbury system is singular */
-    FS_LOSS = 3,        /* a loss value or gradient is not finite */
-    FS_NOMEM = 4,
-    FS_NONFINITE = 5    /* a product of the state with h is not finite */
+    FS_LOSS = 1,        /* a loss value or gradient is not finite */
+    FS_NONFINITE = 2,   /* a product of the state with h is not finite */
+    FS_OVERFLOW = 3,    /* the update would push the state out of range */
+    FS_SINGULAR = 4,    /* the (well-conditioned) Woodbury system failed */
+    FS_NOMEM = 5,
+    FS_CHECK = 6        /* stopped early: a health check is due (online) */
 };
 
 enum fs_loss_kind {     /* ids shared with fastsparse/losses.py */

@@ -349,11 +349,12 @@ def test_z_loss_needs_one_target(cls):
     assert _state(layer) == before
 
 
-def test_online_refusal_after_state_dependent_dL_dq_restores_state():
+def test_online_r_zero_after_state_dependent_dL_dq_is_applied_exactly():
     # Spherical softmax: dL/dq = Y / (q + D eps) depends on the state, so
     # r = 1 - 2 lr dL/dq ||h||^2 of the 2nd example is only known after the
-    # 1st update.  Find the lr for which it is 0: the call must be refused at
-    # example 1 and leave the layer exactly as it was.
+    # 1st update.  Find the lr for which it is 0: the kernel must apply that
+    # example as the dense layer does (W zeroed along h but for the target
+    # term), with its factor applied to V (docs/algorithm.md §4.1).
     from scipy.optimize import brentq
     rng = np.random.default_rng(7)
     D_, d = 20, 3
@@ -370,8 +371,11 @@ def test_online_refusal_after_state_dependent_dL_dq_restores_state():
 
     lr = brentq(r1, 1e-3, 1.0)
     layer = FactoredOutputLayer.from_weights(W0, loss=loss)
-    assert not layer._provably_safe(H, layer._check_inputs(H, t)[1], lr)
-    before = _state(layer)
-    with pytest.raises(ValueError, match="step refused at example 1.*Nothing was changed"):
-        layer.step(H, t, lr, mode="online")
-    assert _state(layer) == before
+    naive = NaiveOutputLayer.from_weights(W0, loss=loss)
+    lf, gf = layer.step(H, t, lr, mode="online")
+    ln, gn = naive.step(H, t, lr, mode="online")
+    np.testing.assert_allclose(lf, ln, rtol=1e-10)
+    np.testing.assert_allclose(gf, gn, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(layer.weights(), naive.weights(), rtol=1e-9, atol=1e-12)
+    assert layer.health()["n_near_singular_updates"] == 1
+    assert layer.health()["min_abs_factor"] < 1e-6

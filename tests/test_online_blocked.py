@@ -1,5 +1,6 @@
-"""The blocked online kernel (src_c/fs_online.c) against the sequential
-BLAS-2 online kernel (_core.pyx, ``online_block = 0``) and the naive layer.
+"""The online kernel (src_c/fs_kernels_impl.h) in blocks of several
+examples against one example per block (``online_block = 1``: every update
+written to the state before the next example) and the naive layer.
 
 Both apply the same exact per-example updates in the same order; they differ
 only in how the d x d products are grouped (delayed updates within a block
@@ -59,7 +60,7 @@ def test_blocked_matches_sequential_and_naive(dtype, loss, bias, wd, track_sum,
                                               block):
     lb, gb, fb = _train(FactoredOutputLayer, block, loss, dtype, bias, wd,
                         track_sum)
-    ls, gs, fs = _train(FactoredOutputLayer, 0, loss, dtype, bias, wd,
+    ls, gs, fs = _train(FactoredOutputLayer, 1, loss, dtype, bias, wd,
                         track_sum)
     ln, gn, fn = _train(NaiveOutputLayer, None, loss, dtype, bias, wd,
                         track_sum)
@@ -90,68 +91,87 @@ def _kernel_inputs(dtype, D=300, d=10, m=20, seed=1):
     return [V, U, Uinv, M], H, indptr, indices, values
 
 
+def _control(dtype, lr):
+    ctl = _core.Control(0.5, 0.0, 2.0 ** 60, 1.0, 1.0, 1e6)
+    ctl.set_rates(lr, 0.0)
+    return ctl
+
+
 def _run_kernel(state, H, indptr, indices, values, lr, block, loss_kind=1,
                 params=(1e-2,)):
     state = [x.copy() for x in state]
     empty = np.empty(0, dtype=H.dtype)
     loss = np.full(H.shape[0], -1.0, dtype=H.dtype)
     grad = np.full(H.shape, -1.0, dtype=H.dtype)
-    res = _core.online_step(*state, empty, empty, H, indptr, indices, values,
-                            lr, 0.0, loss_kind, np.asarray(params, float),
-                            1e-3, loss, grad, block=block)
-    return res, state, loss, grad
+    ctl = _control(H.dtype, lr)
+    st = _core.online_step(*state, empty, empty, H, indptr, indices, values,
+                           loss_kind, np.asarray(params, float), block, ctl,
+                           loss, grad)
+    return (st, ctl.done, ctl.bad, ctl.n_split), state, loss, grad
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("block", [1, 4, 8, 64])
-def test_refusal_inside_a_block_applies_exactly_the_examples_before(dtype, block):
+def test_near_singular_example_inside_a_block(dtype, block):
     # squared error: r = 1 - 2 lr ||h||^2; example 6 gets ||h||^2 = 1/(2 lr),
-    # r = 0, in the middle of a block: the kernel must stop with examples
-    # 0..5 applied, exactly like the sequential kernel
+    # r = 0, in the middle of a block: the dense layer zeroes W along h, and
+    # so must every kernel (one pass over V), whatever the block size
     state, H, indptr, indices, values = _kernel_inputs(dtype)
     lr = 0.05
     H[6] = 0
     H[6, 0] = np.sqrt(1 / (2 * lr))
-    (st_s, bad_s, r_s), s_seq, l_seq, g_seq = _run_kernel(
-        state, H, indptr, indices, values, lr, 0, loss_kind=0, params=())
-    (st_b, bad_b, r_b), s_blk, l_blk, g_blk = _run_kernel(
+    (st_s, done_s, _, ns_s), s_seq, l_seq, g_seq = _run_kernel(
+        state, H, indptr, indices, values, lr, 1, loss_kind=0, params=())
+    (st_b, done_b, _, ns_b), s_blk, l_blk, g_blk = _run_kernel(
         state, H, indptr, indices, values, lr, block, loss_kind=0, params=())
-    assert st_s == st_b == _core.Status.STATUS_SMALL_R
-    assert bad_s == bad_b == 6 and abs(r_b) < 1e-3 and abs(r_s) < 1e-3
+    assert st_s == st_b == _core.fs_status.FS_OK and done_s == done_b == H.shape[0]
+    assert ns_s == ns_b == 1
     tol = 1e-12 if dtype == np.float64 else 1e-5
     for a, b in zip(s_blk, s_seq):
         assert rel_err(a, b) < tol
-    assert not np.array_equal(s_blk[1], state[1])   # examples 0..5 applied
-    assert rel_err(l_blk[:6], l_seq[:6]) < tol
-    assert rel_err(g_blk[:6], g_seq[:6]) < tol
-    # nothing written for the refused example and those after it
-    assert np.all(l_blk[6:] == -1) and np.all(g_blk[6:] == -1)
+    assert rel_err(l_blk, l_seq) < tol and rel_err(g_blk, g_seq) < tol
+    # against the dense layer fed the same examples
+    V0, U0 = state[0].astype(np.float64), state[1].astype(np.float64)
+    naive = NaiveOutputLayer.from_weights(V0 @ U0)
+    ln, gn = naive.step(H.astype(np.float64), indices, lr, mode="online")
+    assert rel_err(l_blk, ln) < tol and rel_err(g_blk, gn) < tol
+    W = s_blk[0].astype(np.float64) @ s_blk[1].astype(np.float64)
+    assert rel_err(W, naive.weights()) < (1e-12 if dtype == np.float64 else 1e-5)
+    # the premise: right after example 6 the dense W h_6 is its target
+    first = NaiveOutputLayer.from_weights(V0 @ U0)
+    first.step(H[:7].astype(np.float64), indices[:7], lr, mode="online")
+    o = first.outputs(H[6:7].astype(np.float64))[0]
+    o[indices[6]] -= 1
+    assert np.abs(o).max() < 1e-5
 
 
 @pytest.mark.parametrize("block", [1, 8, 64])
 def test_non_finite_loss_inside_a_block(block):
     state, H, indptr, indices, values = _kernel_inputs(np.float64)
     values[9] = np.nan                      # example 9's loss is NaN
-    (st_s, bad_s, _), s_seq, l_seq, g_seq = _run_kernel(
-        state, H, indptr, indices, values, 0.05, 0)
-    (st_b, bad_b, _), s_blk, l_blk, g_blk = _run_kernel(
+    (st_s, done_s, bad_s, _), s_seq, l_seq, g_seq = _run_kernel(
+        state, H, indptr, indices, values, 0.05, 1)
+    (st_b, done_b, bad_b, _), s_blk, l_blk, g_blk = _run_kernel(
         state, H, indptr, indices, values, 0.05, block)
-    assert st_s == st_b == _core.Status.STATUS_LOSS and bad_s == bad_b == 9
+    assert st_s == st_b == _core.fs_status.FS_LOSS and bad_s == bad_b == 9
+    assert done_s == done_b == 9
     for a, b in zip(s_blk, s_seq):
         assert rel_err(a, b) < 1e-12
     assert rel_err(l_blk[:9], l_seq[:9]) < 1e-12
     assert rel_err(g_blk[:9], g_seq[:9]) < 1e-12
     assert not np.array_equal(s_blk[1], state[1])   # examples 0..8 applied
+    # nothing written for the refused example and those after it
+    assert np.all(l_blk[9:] == -1) and np.all(g_blk[9:] == -1)
 
 
 @pytest.mark.parametrize("block", [1, 7])
 def test_zero_learning_rate_changes_nothing(block):
     state, H, indptr, indices, values = _kernel_inputs(np.float64)
-    (st, _, _), s_blk, l_blk, g_blk = _run_kernel(state, H, indptr, indices,
-                                                  values, 0.0, block)
-    (_, _, _), _, l_seq, g_seq = _run_kernel(state, H, indptr, indices,
-                                             values, 0.0, 0)
-    assert st == _core.Status.STATUS_OK
+    (st, _, _, _), s_blk, l_blk, g_blk = _run_kernel(state, H, indptr, indices,
+                                                     values, 0.0, block)
+    (_, _, _, _), _, l_seq, g_seq = _run_kernel(state, H, indptr, indices,
+                                                values, 0.0, 1)
+    assert st == _core.fs_status.FS_OK
     for a, b in zip(s_blk, state):
         assert np.array_equal(a, b)
     assert rel_err(l_blk, l_seq) < 1e-13 and rel_err(g_blk, g_seq) < 1e-13

@@ -88,32 +88,39 @@ def test_loss_and_grad_and_outputs_validate(cls):
 
 
 @pytest.mark.parametrize("mode", ["online", "batch"])
-def test_step_that_would_make_U_singular_is_refused(mode):
-    layer = _layer(FactoredOutputLayer)
-    before = _state(layer)
-    # r = 1 - 2 lr ||h||^2 = 0 for the second example
+@pytest.mark.parametrize("lr", [0.5, 0.5 * (1 - 1e-4), 0.5 * (1 + 1e-4), 1.5])
+def test_step_that_makes_r_zero_is_applied_as_the_dense_layer_does(mode, lr):
+    # r = 1 - 2 lr ||h||^2 is 0 (or nearly) for the second example: the
+    # dense layer then zeroes W along h, which U alone cannot represent;
+    # the factored layer applies that factor to V (docs/algorithm.md §4)
+    fact, naive = _layer(FactoredOutputLayer), _layer(NaiveOutputLayer)
     h = np.array([[0.1, 0, 0, 0], [1.0, 0, 0, 0]])
-    with pytest.raises(ValueError, match=re.escape("example 1 has r = 1 - 2 lr ||h||^2 = 0")
-                       + r".*Lower lr or rescale h"):
-        layer.step(h, GOOD_T, 0.5, mode=mode)
-    assert _state(layer) == before
-    # a near-zero r too
-    with pytest.raises(ValueError, match="min_abs_r"):
-        layer.step(h, GOOD_T, 0.5 * (1 - 1e-4), mode=mode)
-    assert _state(layer) == before
-    # a negative r far from 0 is fine (it flips U along h)
-    layer.step(h, GOOD_T, 1.5, mode=mode)
+    lf, gf = fact.step(h, GOOD_T, lr, mode=mode)
+    ln, gn = naive.step(h, GOOD_T, lr, mode=mode)
+    np.testing.assert_allclose(lf, ln, rtol=1e-10)
+    np.testing.assert_allclose(gf, gn, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fact.weights(), naive.weights(), rtol=1e-10, atol=1e-12)
+    near = abs(1 - 2 * lr) < fact.min_abs_r
+    assert fact.health()["n_near_singular_updates"] == (1 if near else 0)
+    for _ in range(5):     # and the layer trains on exactly
+        H = np.random.default_rng(3).standard_normal((3, d)) * 0.3
+        lf, _ = fact.step(H, np.array([4, 5, 6]), 0.05, mode=mode)
+        ln, _ = naive.step(H, np.array([4, 5, 6]), 0.05, mode=mode)
+        np.testing.assert_allclose(lf, ln, rtol=1e-10)
+    np.testing.assert_allclose(fact.weights(), naive.weights(), rtol=1e-10, atol=1e-12)
 
 
-def test_batch_woodbury_singular_is_refused():
+def test_batch_with_singular_woodbury_system_is_applied_exactly():
     # each r_i = 1 - 2 lr ||h_i||^2 is fine, but together the rank-2 update
     # I - 2 lr H^T H is singular: eigenvalue 1 - 2 lr * 2 = 0 for lr = 0.25
-    layer = _layer(FactoredOutputLayer)
-    before = _state(layer)
+    fact, naive = _layer(FactoredOutputLayer), _layer(NaiveOutputLayer)
     H = np.array([[1.0, 0, 0, 0], [1.0, 0, 0, 0]])
-    with pytest.raises(ValueError, match="Woodbury system .* singular"):
-        layer.step(H, GOOD_T, 0.25, mode="batch")
-    assert _state(layer) == before
+    lf, gf = fact.step(H, GOOD_T, 0.25, mode="batch")
+    ln, gn = naive.step(H, GOOD_T, 0.25, mode="batch")
+    np.testing.assert_allclose(lf, ln, rtol=1e-10)
+    np.testing.assert_allclose(gf, gn, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(fact.weights(), naive.weights(), rtol=1e-10, atol=1e-12)
+    assert fact.health()["n_near_singular_updates"] == 1
 
 
 @pytest.mark.parametrize("cls", LAYERS)

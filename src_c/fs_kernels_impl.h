@@ -1,0 +1,1062 @@
+/* Template of the kernels declared in fs_kernels.h; included by
+ * fs_kernels.c with T (the element type) and S (the suffix) defined.
+ * Section numbers (§) refer to docs/algorithm.md. */
+#define FS_CAT_(a, b) a##_##b
+#define FS_CAT(a, b) FS_CAT_(a, b)
+#define F(name) FS_CAT(name, S)
+
+/* ------------------------------------------------------------- helpers */
+static inline double F(fs_dot)(ptrdiff_t n, const T *x, const T *y)
+{
+    double acc = 0.0;
+    for (ptrdiff_t c = 0; c < n; ++c)
+        acc += (double)x[c] * y[c];
+    return acc;
+}
+
+static inline double F(fs_amax)(ptrdiff_t n, const T *x)
+{
+    double m = 0.0;
+    for (ptrdiff_t c = 0; c < n; ++c) {
+        const double a = fabs((double)x[c]);
+        if (!(a <= m))      /* also catches NaN */
+            m = a;
+    }
+    return m;
+}
+
+/* whether x holds no NaN/Inf (a NaN or Inf makes the sum non-finite) */
+static inline int F(fs_finite)(ptrdiff_t n, const T *x)
+{
+    double acc = 0.0;
+    for (ptrdiff_t c = 0; c < n; ++c)
+        acc += x[c];
+    return isfinite(acc);
+}
+
+/* ---------------------------------------------- the low-rank pass (§4) */
+#define FS_LOWRANK_CHUNK 128   /* rows per chunk: the chunk stays in cache */
+
+int F(fs_lowrank_rows)(T *V, ptrdiff_t n_rows, int d, int k, const T *P,
+                       const T *Q, const T *gamma)
+{
+    if (n_rows <= 0 || k <= 0)
+        return FS_OK;
+    T *Tk = malloc((size_t)FS_LOWRANK_CHUNK * k * sizeof(T));
+    if (Tk == NULL)
+        return FS_NOMEM;
+    for (ptrdiff_t r0 = 0; r0 < n_rows; r0 += FS_LOWRANK_CHUNK) {
+        const int nr = (int)(n_rows - r0 < FS_LOWRANK_CHUNK
+                             ? n_rows - r0 : FS_LOWRANK_CHUNK);
+        T *Vc = V + r0 * d;
+        if (k == 1) {       /* one fused pass: V_j += gamma (V_j . P) Q */
+            const T g = gamma[0];
+            for (int j = 0; j < nr; ++j) {
+                T *row = Vc + (ptrdiff_t)j * d;
+                const T a = (T)(g * F(fs_dot)(d, row, P));
+                for (int c = 0; c < d; ++c)
+                    row[c] += a * Q[c];
+            }
+            continue;
+        }
+        /* Tk = Vc P^T (nr x k), scaled by gamma, then Vc += Tk Q */
+        F(fs_gemm)(0, 1, nr, k, d, 1, Vc, d, P, d, 0, Tk, k);
+        for (int j = 0; j < nr; ++j)
+            for (int i = 0; i < k; ++i)
+                Tk[(ptrdiff_t)j * k + i] *= gamma[i];
+        F(fs_gemm)(0, 0, nr, d, k, 1, Tk, k, Q, d, 1, Vc, d);
+    }
+    free(Tk);
+    return FS_OK;
+}
+
+/* M <- C^T M C for C = I + P^T diag(gamma) Q (P, Q k x d): the Gram matrix
+ * of V C (§4).  Upper triangle.  work: 2 k d + k k of T. */
+static void F(fs_gram_transform)(int d, int k, T *M, const T *P, const T *Q,
+                                 const T *gamma, T *work)
+{
+    T *X = work;                        /* k x d: rows (M p_i)^T */
+    T *Y = X + (ptrdiff_t)k * d;        /* k x d */
+    T *G = Y + (ptrdiff_t)k * d;        /* k x k: P M P^T */
+    F(fs_symm_right_upper)(k, d, 1, M, d, P, d, 0, X, d);
+    F(fs_gemm)(0, 1, k, k, d, 1, X, d, P, d, 0, G, k);
+    /* Y = diag(g) X + 1/2 diag(g) G diag(g) Q; M += Q^T Y + Y^T Q */
+    for (int i = 0; i < k; ++i)
+        for (int j = 0; j < k; ++j)
+            G[i * k + j] *= (T)(0.5 * gamma[i] * gamma[j]);
+    for (int i = 0; i < k; ++i)
+        for (int c = 0; c < d; ++c)
+            Y[(ptrdiff_t)i * d + c] = gamma[i] * X[(ptrdiff_t)i * d + c];
+    F(fs_gemm)(0, 0, k, d, k, 1, G, k, Q, d, 1, Y, d);
+    F(fs_syr2k_upper_trans)(d, k, 1, Q, d, Y, d, 1, M, d);
+}
+
+/* ------------------------------------------------ online mode (§3, §4.1) */
+/* Everything of a block that waits for the block's end. */
+typedef struct {
+    int d, k;
+    T *Bu;    /* k x d: U0 h_i, then (in place) u_i = U_i h_i */
+    T *X;     /* k x d: M0 U0 h_i, then M0 u_i; at the end Z U0 */
+    T *Tw;    /* k x d: Uinv0^T h_i, then t_i = Uinv_i^T h_i, then w_i */
+    T *Y;     /* k x d: y_i (the M update is -lr (w y^T + y w^T)) */
+    T *Z;     /* k x d: z_i, dL/dh_i = U_i^T z_i + (...) omega */
+    T *G;     /* k x k: H H^T of the block; at the end (z_i . u_j) */
+    T *e;     /* k: correction coefficients */
+    T *p;     /* k */
+    double *alpha, *sc, *sig;   /* k: c_j / s_j, s_j c_j, s_j */
+} F(fs_block);
+
+/* Apply the first n examples of the block: finish their gradients, then
+ * U, Uinv and M.  H is the block's first row; s_n = sig_n (rho^n). */
+static void F(fs_flush)(F(fs_block) *b, int n, int update, double lr,
+                        double s_n, const T *H, T *U, T *Uinv, T *M,
+                        T *grad)
+{
+    const int d = b->d;
+    if (n == 0)
+        return;
+    /* dL/dh_i += s_i (U0^T z_i - sum_{j<i} alpha_j (u_j . z_i) h_j) */
+    F(fs_gemm)(0, 0, n, d, d, 1, b->Z, d, U, d, 0, b->X, d);
+    if (update && n > 1) {
+        F(fs_gemm)(0, 1, n, n, d, 1, b->Z, d, b->Bu, d, 0, b->G, n);
+        for (int i = 0; i < n; ++i)
+            for (int j = 0; j < n; ++j)
+                b->G[i * n + j] = j < i ? (T)(b->alpha[j] * b->G[i * n + j]) : 0;
+        F(fs_gemm)(0, 0, n, d, n, -1, b->G, n, H, d, 1, b->X, d);
+    }
+    for (int i = 0; i < n; ++i) {
+        const T s = (T)b->sig[i];
+        T *g = grad + (ptrdiff_t)i * d;
+        const T *x = b->X + (ptrdiff_t)i * d;
+        for (int c = 0; c < d; ++c)
+            g[c] += s * x[c];
+    }
+    if (!update)
+        return;
+    /* M += -lr (W^T Y + Y^T W) */
+    F(fs_syr2k_upper_trans)(d, n, (T)(-lr), b->Tw, d, b->Y, d, 1, M, d);
+    /* U = s_n (U0 - sum_j alpha_j u_j h_j^T) */
+    for (int j = 0; j < n; ++j) {
+        T *u = b->Bu + (ptrdiff_t)j * d;
+        const T a = (T)b->alpha[j];
+        for (int c = 0; c < d; ++c)
+            u[c] *= a;
+    }
+    if (s_n != 1.0)
+        for (ptrdiff_t c = 0; c < (ptrdiff_t)d * d; ++c)
+            U[c] *= (T)s_n;
+    F(fs_gemm)(1, 0, d, d, n, (T)(-s_n), b->Bu, d, H, d, 1, U, d);
+    /* Uinv = (Uinv0 + sum_j s_j c_j h_j w_j^T) / s_n */
+    for (int j = 0; j < n; ++j) {
+        T *w = b->Tw + (ptrdiff_t)j * d;
+        const T a = (T)b->sc[j];
+        for (int c = 0; c < d; ++c)
+            w[c] *= a;
+    }
+    if (s_n != 1.0)
+        for (ptrdiff_t c = 0; c < (ptrdiff_t)d * d; ++c)
+            Uinv[c] *= (T)(1.0 / s_n);
+    F(fs_gemm)(1, 0, d, d, n, (T)(1.0 / s_n), H, d, b->Tw, d, 1, Uinv, d);
+}
+
+int F(fs_online)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
+                 T *sv, ptrdiff_t m, const T *H, const int64_t *indptr,
+                 const int64_t *indices, const T *values,
+                 const fs_loss_spec *spec, ptrdiff_t block, fs_control *ctl,
+                 T *loss_out, T *grad_out)
+{
+    const int update = ctl->lr != 0;
+    const int keep_s = omega != NULL;
+    const double rho = update ? 1.0 - ctl->lr * ctl->wd : 1.0;
+    /* weight decay (§3.3): each update with lr / rho, then W <- rho W */
+    const double lr = rho != 1.0 ? ctl->lr / rho : ctl->lr;
+    const double Dn = (double)D, lim = ctl->norm_limit;
+    const double cond2 = ctl->cond_limit * ctl->cond_limit;
+    ptrdiff_t k = block < 1 ? 1 : block, kmax = 1;
+    int status = FS_OK;
+    ctl->done = 0;
+    ctl->bad = -1;
+    ctl->n_split = 0;
+    ctl->min_factor = INFINITY;
+    if (m <= 0)
+        return FS_OK;
+    if (k > m)
+        k = m;
+    {   /* blocks of (nearly) equal size, not a short last block (a GEMM of
+         * one or two rows costs about as much as one of k rows) */
+        const ptrdiff_t nblocks = (m + k - 1) / k;
+        k = (m + nblocks - 1) / nblocks;
+    }
+    for (ptrdiff_t i = 0; i < m; ++i)
+        if (indptr[i + 1] - indptr[i] > kmax)
+            kmax = indptr[i + 1] - indptr[i];
+
+    const ptrdiff_t kd = k * d;
+    T *work = malloc((size_t)(5 * kd + k * k + 2 * k + 2 * (ptrdiff_t)d
+                              + 2 * kmax) * sizeof(T));
+    double *dwork = malloc((size_t)(3 * (k + 1)) * sizeof(double));
+    if (work == NULL || dwork == NULL) {
+        free(work);
+        free(dwork);
+        return FS_NOMEM;
+    }
+    F(fs_block) b;
+    b.d = d;
+    b.k = (int)k;
+    b.Bu = work;
+    b.X = b.Bu + kd;
+    b.Tw = b.X + kd;
+    b.Y = b.Tw + kd;
+    b.Z = b.Y + kd;
+    b.G = b.Z + kd;
+    b.e = b.G + k * k;
+    b.p = b.e + k;
+    T *Mu = b.p + k;        /* d: M_i u_i */
+    T *vty = Mu + d;        /* d: V^T ydot (rows before the update) */
+    T *a = vty + d;         /* kmax */
+    T *ga = a + kmax;       /* kmax */
+    b.alpha = dwork;
+    b.sc = dwork + (k + 1);
+    b.sig = dwork + 2 * (k + 1);
+    double smax2 = ctl->smax2, sinv2 = ctl->sinv2, mnorm = ctl->mnorm;
+
+    for (ptrdiff_t i0 = 0; i0 < m && status == FS_OK; i0 += k) {
+        const int nb = (int)(m - i0 < k ? m - i0 : k);
+        const T *Hb = H + i0 * d;
+        int n = 0;          /* examples of the block processed */
+        double trM = 0.0;   /* trace of M_i = ||V||_F^2 */
+        for (int c = 0; c < d; ++c)
+            trM += M[(ptrdiff_t)c * d + c];
+        /* products with the block-start state */
+        F(fs_gemm)(0, 1, nb, d, d, 1, Hb, d, U, d, 0, b.Bu, d);
+        F(fs_symm_right_upper)(nb, d, 1, M, d, b.Bu, d, 0, b.X, d);
+        F(fs_gemm)(0, 0, nb, d, d, 1, Hb, d, Uinv, d, 0, b.Tw, d);
+        if (update && nb > 1)
+            F(fs_gemm)(0, 1, nb, nb, d, 1, Hb, d, Hb, d, 0, b.G, nb);
+        b.sig[0] = 1.0;
+        for (int i = 0; i < nb; ++i) {
+            const ptrdiff_t gi = i0 + i;
+            const T *h = Hb + (ptrdiff_t)i * d;
+            const ptrdiff_t K = indptr[gi + 1] - indptr[gi];
+            const int64_t *idx = indices + indptr[gi];
+            T *u = b.Bu + (ptrdiff_t)i * d;
+            T *x = b.X + (ptrdiff_t)i * d;
+            T *t = b.Tw + (ptrdiff_t)i * d;
+            T *z = b.Z + (ptrdiff_t)i * d;
+            T *y = b.Y + (ptrdiff_t)i * d;
+            const double s_i = b.sig[i];
+            double q, qu, s, oh = 0.0, svu = 0.0, L, gq, gs, c, r, hh,
+                   sga = 0.0, ga2 = 0.0;
+            int split;
+            /* the state at example i: corrections for examples j < i */
+            if (update && i > 0) {
+                for (int j = 0; j < i; ++j)
+                    b.e[j] = (T)(b.alpha[j] * b.G[j * nb + i]);
+                F(fs_gemv)(1, i, d, -1, b.Bu, d, b.e, 1, 1, u, 1);
+                F(fs_gemv)(1, i, d, -1, b.X, d, b.e, 1, 1, x, 1);
+                for (int j = 0; j < i; ++j)
+                    b.e[j] = (T)(b.sc[j] * b.G[j * nb + i]);
+                F(fs_gemv)(1, i, d, 1, b.Tw, d, b.e, 1, 1, t, 1);
+                if (s_i != 1.0) {
+                    for (int c2 = 0; c2 < d; ++c2) {
+                        u[c2] *= (T)s_i;
+                        x[c2] *= (T)s_i;
+                        t[c2] *= (T)(1.0 / s_i);
+                    }
+                }
+                /* M_i u = M0 u - lr (W^T (Y u) + Y^T (W u)) */
+                memcpy(Mu, x, d * sizeof(T));
+                F(fs_gemv)(0, i, d, 1, b.Y, d, u, 1, 0, b.p, 1);
+                F(fs_gemv)(1, i, d, (T)(-lr), b.Tw, d, b.p, 1, 1, Mu, 1);
+                F(fs_gemv)(0, i, d, 1, b.Tw, d, u, 1, 0, b.p, 1);
+                F(fs_gemv)(1, i, d, (T)(-lr), b.Y, d, b.p, 1, 1, Mu, 1);
+            } else {
+                memcpy(Mu, x, d * sizeof(T));
+            }
+            /* forward: q = ||o||^2, s = sum(o), outputs at the targets */
+            qu = q = F(fs_dot)(d, u, Mu);
+            if (keep_s) {
+                oh = F(fs_dot)(d, omega, h);
+                svu = F(fs_dot)(d, sv, u);
+                q += 2.0 * svu * oh + Dn * oh * oh;
+            }
+            s = svu + Dn * oh;
+            F(fs_gather_dots)(V, d, idx, K, u, d, a);
+            for (ptrdiff_t kk = 0; kk < K; ++kk)
+                a[kk] += (T)oh;
+            status = F(fs_eval_loss)(spec, K, a, values + indptr[gi], q, s, &L,
+                                     ga, &gq, &gs);
+            if (status != FS_OK) {
+                ctl->bad = gi;
+                break;
+            }
+            hh = F(fs_dot)(d, h, h);
+            c = 2.0 * lr * gq;
+            r = 1.0 - c * hh;
+            /* z = V^T ydot + 2 gq (M u + oh sv) + gs sv;
+             * dL/dh = U^T z (at the flush) + (2 gq s + D gs + sum ga) omega */
+            F(fs_gather_combine)(V, d, idx, ga, K, d, vty);
+            for (ptrdiff_t kk = 0; kk < K; ++kk) {
+                sga += ga[kk];
+                ga2 += (double)ga[kk] * ga[kk];
+            }
+            {
+                const T c1 = (T)(2.0 * gq);
+                const T c2 = (T)(2.0 * gq * oh + gs);
+                T *g = grad_out + gi * d;
+                for (int cc = 0; cc < d; ++cc)
+                    z[cc] = vty[cc] + c1 * Mu[cc];
+                if (keep_s) {
+                    const T cw = (T)(2.0 * gq * s + Dn * gs + sga);
+                    for (int cc = 0; cc < d; ++cc) {
+                        z[cc] += c2 * sv[cc];
+                        g[cc] = cw * omega[cc];
+                    }
+                } else {
+                    memset(g, 0, d * sizeof(T));
+                }
+            }
+            if (!(F(fs_finite)(d, u) && F(fs_finite)(d, t) && F(fs_finite)(d, z)
+                  && isfinite((T)L))) {
+                ctl->bad = gi;
+                status = FS_NONFINITE;
+                break;
+            }
+            if (!update) {
+                loss_out[gi] = (T)L;
+                n = i + 1;
+                b.alpha[i] = b.sc[i] = 0.0;
+                b.sig[i + 1] = 1.0;
+                continue;
+            }
+            if (fabs(r) < ctl->min_factor)
+                ctl->min_factor = fabs(r);
+            /* a factor r near 0 goes to V (§4.1): U and Uinv stay, V <- V C
+             * with C = I - c u t^T, and V's targets move along w = t */
+            split = fabs(r) < ctl->split;
+            {
+                /* the update's vectors and the bounds of the state after it,
+                 * before anything is written (§5, §6) */
+                const double tt = F(fs_dot)(d, t, t);
+                const double uu = F(fs_dot)(d, u, u);
+                double nsmax2 = smax2, nsinv2 = sinv2, wmax, ok;
+                const T inv_r = split ? (T)1 : (T)(1.0 / r);
+                double vc = 0.0;
+                if (!split) {
+                    if (fabs(r) <= 1.0)
+                        nsinv2 += tt * c * (1.0 + r) / (r * r);
+                    else
+                        nsmax2 -= c * uu * (1.0 + r);
+                } else {
+                    vc = c * F(fs_dot)(d, u, vty);
+                }
+                nsmax2 *= rho * rho;
+                nsinv2 /= rho * rho;
+                /* w = t / r (t itself for a split), in place; y */
+                for (int cc = 0; cc < d; ++cc)
+                    t[cc] *= inv_r;
+                for (int cc = 0; cc < d; ++cc) {
+                    double yc = vty[cc] - vc * t[cc] - 0.5 * lr * ga2 * t[cc];
+                    if (split)
+                        yc += (c * Mu[cc] - 0.5 * c * c * qu * t[cc]) / lr;
+                    y[cc] = (T)yc;
+                }
+                wmax = F(fs_amax)(d, t);
+                {
+                    const double wy = F(fs_dot)(d, t, y);
+                    const double nm = mnorm + 2.0 * lr * sqrt(F(fs_dot)(d, t, t)
+                                                              * F(fs_dot)(d, y, y));
+                    ok = F(fs_finite)(d, y) && sqrt(nsmax2) <= lim
+                         && sqrt(nsinv2) <= lim && nm <= lim;
+                    trM -= 2.0 * lr * wy;
+                    mnorm = nm;
+                }
+                for (ptrdiff_t kk = 0; ok && kk < K; ++kk) {
+                    const T *row = V + idx[kk] * d;
+                    double bound = F(fs_amax)(d, row) + fabs(lr * ga[kk]) * wmax;
+                    if (split)
+                        bound += fabs(c * F(fs_dot)(d, row, u)) * wmax;
+                    ok = bound <= lim;
+                }
+                if (ok && split)
+                    ok = sqrt(fabs(trM)) * (1.0 + fabs(c) * sqrt(uu * tt)) <= lim;
+                if (ok && keep_s) {
+                    const double bs = F(fs_amax)(d, sv)
+                                      + (fabs(lr * sga) + fabs(c * svu)) * wmax;
+                    const double bo = F(fs_amax)(d, omega)
+                                      + fabs(lr * (2.0 * gq * oh + gs))
+                                        * F(fs_amax)(d, h);
+                    ok = bs <= lim && bo <= lim;
+                }
+                if (!ok) {
+                    ctl->bad = gi;
+                    status = FS_OVERFLOW;
+                    break;
+                }
+                smax2 = nsmax2;
+                sinv2 = nsinv2;
+            }
+            loss_out[gi] = (T)L;
+            n = i + 1;
+            if (split) {
+                const T gam = (T)(-c);
+                status = F(fs_lowrank_rows)(V, D, d, 1, u, t, &gam);
+                if (status != FS_OK) {   /* nothing of it written */
+                    ctl->bad = gi;
+                    n = i;
+                    break;
+                }
+                ctl->n_split += 1;
+            }
+            /* V rows, sv, omega */
+            for (ptrdiff_t kk = 0; kk < K; ++kk)
+                a[kk] = (T)(-lr * ga[kk]);      /* a: scratch now */
+            F(fs_scatter_axpy)(V, d, idx, a, K, d, t, 1);
+            if (keep_s) {
+                const T cs = (T)(-lr * sga - (split ? c * svu : 0.0));
+                const T co = (T)(-lr * (2.0 * gq * oh + gs));
+                for (int cc = 0; cc < d; ++cc) {
+                    sv[cc] += cs * t[cc];
+                    omega[cc] += co * h[cc];
+                }
+                if (rho != 1.0)
+                    for (int cc = 0; cc < d; ++cc)
+                        omega[cc] *= (T)rho;
+            }
+            b.alpha[i] = split ? 0.0 : c / s_i;
+            b.sc[i] = split ? 0.0 : s_i * c;
+            b.sig[i + 1] = rho * s_i;
+            if (cond2 > 0 && smax2 * sinv2 > cond2 && gi + 1 < m) {
+                status = FS_CHECK;      /* stop after this example */
+                break;
+            }
+        }
+        F(fs_flush)(&b, n, update, lr, b.sig[n], Hb, U, Uinv, M,
+                    grad_out + i0 * d);
+        ctl->done = i0 + n;
+    }
+    ctl->smax2 = smax2;
+    ctl->sinv2 = sinv2;
+    ctl->mnorm = mnorm;
+    free(work);
+    free(dwork);
+    return status;
+}
+
+/* ------------------------------------------------- minibatch mode (§2) */
+/* H U^T, (H U^T) M, q, s, omega.h, sv.(U h) and the outputs a at the
+ * targets (CSR order) for the m rows of H. */
+static void F(fs_forward_core)(ptrdiff_t D, int d, const T *V, const T *U,
+                               const T *M, const T *omega, const T *sv, int m,
+                               const T *H, const int64_t *indptr,
+                               const int64_t *indices, T *HU, T *HUM, T *a,
+                               double *q, double *s, double *Ho, double *svu)
+{
+    F(fs_gemm)(0, 1, m, d, d, 1, H, d, U, d, 0, HU, d);
+    F(fs_symm_right_upper)(m, d, 1, M, d, HU, d, 0, HUM, d);
+    for (int i = 0; i < m; ++i) {
+        const T *hu = HU + (ptrdiff_t)i * d;
+        q[i] = F(fs_dot)(d, hu, HUM + (ptrdiff_t)i * d);
+        Ho[i] = svu[i] = 0.0;
+        if (omega != NULL) {
+            Ho[i] = F(fs_dot)(d, H + (ptrdiff_t)i * d, omega);
+            svu[i] = F(fs_dot)(d, hu, sv);
+            q[i] += 2.0 * svu[i] * Ho[i] + (double)D * Ho[i] * Ho[i];
+        }
+        s[i] = svu[i] + (double)D * Ho[i];
+        F(fs_gather_dots)(V, d, indices + indptr[i], indptr[i + 1] - indptr[i],
+                           hu, d, a + indptr[i]);
+        for (int64_t p = indptr[i]; p < indptr[i + 1]; ++p)
+            a[p] += (T)Ho[i];
+    }
+}
+
+int F(fs_forward)(ptrdiff_t D, int d, const T *V, const T *U, const T *M,
+                  const T *omega, const T *sv, int m, const T *H,
+                  const int64_t *indptr, const int64_t *indices, T *a_out,
+                  double *q_out, double *s_out)
+{
+    if (m <= 0)
+        return FS_OK;
+    T *work = malloc((size_t)2 * m * d * sizeof(T));
+    double *dwork = malloc((size_t)2 * m * sizeof(double));
+    if (work == NULL || dwork == NULL) {
+        free(work);
+        free(dwork);
+        return FS_NOMEM;
+    }
+    F(fs_forward_core)(D, d, V, U, M, omega, sv, m, H, indptr, indices, work,
+                       work + (ptrdiff_t)m * d, a_out, q_out, s_out, dwork,
+                       dwork + m);
+    free(work);
+    free(dwork);
+    return FS_OK;
+}
+
+/* The spectrum of a minibatch update (§4.2): A = I - H^T diag(dv) H has
+ * eigenvalues 1 on the orthogonal complement of span(H^T) and lam = 1 - mu
+ * on it, mu the eigenvalues of a small symmetric matrix S:
+ *   m <= d, dv >= 0:  S = diag(sqrt dv) H H^T diag(sqrt dv)  (m x m);
+ *   m <= d, mixed:    S = R diag(dv) R^T with H^T = Q R        (m x m);
+ *   m > d:            S = H^T diag(dv) H                      (d x d).
+ * Returns the number k of eigenvalues with |lam| < split (0 excluded: 1 - 0
+ * is no eigenvalue of S's null space), their unit eigenvectors as the rows
+ * of N (k x d, double) and E = 1 - lam; lam_lo/lam_hi: the smallest and
+ * largest |lam| of the others (1 included), *min_abs the smallest |lam| of
+ * all.  -1: out of memory or a LAPACK failure. */
+static int F(fs_spectrum)(int m, int d, const T *H, const T *HHt,
+                          const double *dv, double split, double *N,
+                          double *E, double *lam_lo, double *lam_hi,
+                          double *min_abs)
+{
+    int mode = 0, p, info = 0, k = 0;
+    for (int i = 0; i < m; ++i)
+        if (dv[i] < 0)
+            mode = 1;
+    if (m > d)
+        mode = 2;
+    p = mode == 2 ? d : m;
+    const int lwork = 66 * (m > d ? m : d) + 1;
+    double *Sm = malloc((size_t)p * p * sizeof(double));
+    double *S2 = malloc((size_t)p * p * sizeof(double));
+    double *w = malloc((size_t)p * sizeof(double));
+    double *wk = malloc((size_t)lwork * sizeof(double));
+    double *A = NULL, *B = NULL, *tau = NULL;
+    const char jn = 'N', jv = 'V', up = 'U';
+    if (Sm == NULL || S2 == NULL || w == NULL || wk == NULL)
+        goto fail;
+    if (mode == 0) {
+        for (int i = 0; i < m; ++i)
+            for (int j = 0; j < m; ++j)
+                Sm[(ptrdiff_t)i * m + j] = sqrt(dv[i]) * (double)HHt[(ptrdiff_t)i * m + j]
+                                          * sqrt(dv[j]);
+    } else {
+        A = malloc((size_t)m * d * sizeof(double));
+        B = malloc((size_t)m * d * sizeof(double));
+        tau = malloc((size_t)m * sizeof(double));
+        if (A == NULL || B == NULL || tau == NULL)
+            goto fail;
+        for (ptrdiff_t c = 0; c < (ptrdiff_t)m * d; ++c)
+            A[c] = H[c];
+        if (mode == 2) {    /* Sm = H^T diag(dv) H */
+            for (int i = 0; i < m; ++i)
+                for (int c = 0; c < d; ++c)
+                    B[(ptrdiff_t)i * d + c] = dv[i] * A[(ptrdiff_t)i * d + c];
+            fs_gemm_d(1, 0, d, d, m, 1.0, A, d, B, d, 0.0, Sm, d);
+        } else {            /* H^T = Q R: H's row-major layout is H^T's
+                             * column-major one (d x m, leading dim d) */
+            fs_blas.dgeqrf(&d, &m, A, &d, tau, wk, &lwork, &info);
+            if (info != 0)
+                goto fail;
+            /* B (m x m, row a = row a of R, then scaled) ; Sm = B diag R^T */
+            for (int a1 = 0; a1 < m; ++a1)
+                for (int i = 0; i < m; ++i)
+                    B[(ptrdiff_t)a1 * m + i] = i >= a1 ? A[a1 + (ptrdiff_t)i * d] : 0.0;
+            for (int a1 = 0; a1 < m; ++a1)
+                for (int a2 = 0; a2 < m; ++a2) {
+                    double acc = 0.0;
+                    const double *r1 = B + (ptrdiff_t)a1 * m, *r2 = B + (ptrdiff_t)a2 * m;
+                    for (int i = (a1 > a2 ? a1 : a2); i < m; ++i)
+                        acc += dv[i] * r1[i] * r2[i];
+                    Sm[(ptrdiff_t)a1 * m + a2] = acc;
+                }
+        }
+    }
+    memcpy(S2, Sm, (size_t)p * p * sizeof(double));
+    fs_blas.dsyev(&jn, &up, &p, S2, &p, w, wk, &lwork, &info);
+    if (info != 0)
+        goto fail;
+    *lam_lo = *lam_hi = *min_abs = 1.0;
+    for (int j = 0; j < p; ++j) {
+        const double lam = fabs(1.0 - w[j]);
+        if (lam < *min_abs)
+            *min_abs = lam;
+        if (lam < split && w[j] != 0.0) {
+            ++k;
+        } else {
+            if (lam < *lam_lo)
+                *lam_lo = lam;
+            if (lam > *lam_hi)
+                *lam_hi = lam;
+        }
+    }
+    if (k == 0)
+        goto done;
+    /* eigenvectors of the near-singular ones (rare) */
+    fs_blas.dsyev(&jv, &up, &p, Sm, &p, w, wk, &lwork, &info);
+    if (info != 0)
+        goto fail;
+    if (mode == 1) {    /* Q, d x m, in A */
+        fs_blas.dorgqr(&d, &m, &m, A, &d, tau, wk, &lwork, &info);
+        if (info != 0)
+            goto fail;
+    }
+    k = 0;
+    for (int j = 0; j < p; ++j) {
+        const double lam = 1.0 - w[j];
+        const double *zj = Sm + (ptrdiff_t)j * p;    /* eigenvector j */
+        double *nj = N + (ptrdiff_t)k * d, nn = 0.0;
+        if (!(fabs(lam) < split && w[j] != 0.0))
+            continue;
+        for (int c = 0; c < d; ++c) {
+            double acc = 0.0;
+            if (mode == 2)
+                acc = zj[c];
+            else if (mode == 1)
+                for (int a1 = 0; a1 < m; ++a1)
+                    acc += A[c + (ptrdiff_t)a1 * d] * zj[a1];
+            else
+                for (int i = 0; i < m; ++i)
+                    acc += (double)H[(ptrdiff_t)i * d + c] * sqrt(dv[i]) * zj[i];
+            nj[c] = acc;
+        }
+        /* orthonormalise against the previous ones (exactness does not
+         * depend on it, the conditioning of the step does) */
+        for (int l = 0; l < k; ++l) {
+            const double *nl = N + (ptrdiff_t)l * d;
+            double pr = 0.0;
+            for (int c = 0; c < d; ++c)
+                pr += nl[c] * nj[c];
+            for (int c = 0; c < d; ++c)
+                nj[c] -= pr * nl[c];
+        }
+        for (int c = 0; c < d; ++c)
+            nn += nj[c] * nj[c];
+        if (!(nn > 0))
+            continue;
+        nn = 1.0 / sqrt(nn);
+        for (int c = 0; c < d; ++c)
+            nj[c] *= nn;
+        E[k] = 1.0 - lam;
+        ++k;
+    }
+done:
+    free(Sm); free(S2); free(w); free(wk); free(A); free(B); free(tau);
+    return k;
+fail:
+    free(Sm); free(S2); free(w); free(wk); free(A); free(B); free(tau);
+    return -1;
+}
+
+/* V[indices[p]] += coef ga[p] P[i] for every target p of every example i,
+ * the terms of one row summed in double and rounded into V once. */
+typedef struct { int64_t row; ptrdiff_t p; } F(fs_target);
+
+static int F(fs_target_cmp)(const void *a, const void *b)
+{
+    const F(fs_target) *x = a, *y = b;
+    if (x->row != y->row)
+        return x->row < y->row ? -1 : 1;
+    return x->p < y->p ? -1 : (x->p > y->p);
+}
+
+static int F(fs_add_rows)(T *V, int d, int m, const int64_t *indptr,
+                          const int64_t *indices, const T *ga, double coef,
+                          const T *P)
+{
+    const ptrdiff_t nnz = indptr[m];
+    F(fs_target) *tg = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(*tg));
+    ptrdiff_t *ex = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(ptrdiff_t));
+    double *acc = malloc((size_t)d * sizeof(double));
+    if (tg == NULL || ex == NULL || acc == NULL) {
+        free(tg); free(ex); free(acc);
+        return FS_NOMEM;
+    }
+    for (int i = 0; i < m; ++i)
+        for (int64_t p = indptr[i]; p < indptr[i + 1]; ++p) {
+            tg[p].row = indices[p];
+            tg[p].p = p;
+            ex[p] = i;
+        }
+    qsort(tg, (size_t)nnz, sizeof(*tg), F(fs_target_cmp));
+    for (ptrdiff_t a = 0; a < nnz;) {
+        ptrdiff_t b = a;
+        T *row = V + tg[a].row * d;
+        for (int c = 0; c < d; ++c)
+            acc[c] = row[c];
+        for (; b < nnz && tg[b].row == tg[a].row; ++b) {
+            const double cf = coef * ga[tg[b].p];
+            const T *pi = P + ex[tg[b].p] * d;
+            for (int c = 0; c < d; ++c)
+                acc[c] += cf * pi[c];
+        }
+        for (int c = 0; c < d; ++c)
+            row[c] = (T)acc[c];
+        a = b;
+    }
+    free(tg); free(ex); free(acc);
+    return FS_OK;
+}
+
+int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
+                T *sv, int m, const T *H, const int64_t *indptr,
+                const int64_t *indices, const T *values,
+                const fs_loss_spec *spec, const T *ga_in,
+                const double *gq_in, const double *gs_in, fs_control *ctl,
+                T *loss_out, T *grad_out)
+{
+    const int keep_s = omega != NULL;
+    const int update = ctl->lr != 0;
+    const double rho = update ? 1.0 - ctl->lr * ctl->wd : 1.0;
+    const double lr = rho != 1.0 ? ctl->lr / rho : ctl->lr;
+    const double Dn = (double)D, lim = ctl->norm_limit;
+    const ptrdiff_t md = (ptrdiff_t)m * d, mm = (ptrdiff_t)m * m;
+    const ptrdiff_t nnz = indptr[m];
+    const int pmax = m < d ? m : d;     /* at most this many splits */
+    const ptrdiff_t ed = (ptrdiff_t)(m + pmax) * d;
+    int status = FS_OK, k = 0, me = m;
+    ctl->done = 0;
+    ctl->bad = -1;
+    ctl->n_split = 0;
+    ctl->min_factor = INFINITY;
+    if (m <= 0)
+        return FS_OK;
+    /* T workspace */
+    T *HU = malloc((size_t)ed * sizeof(T));             /* (m + k) x d */
+    T *HUM = malloc((size_t)md * sizeof(T));
+    T *R = malloc((size_t)md * sizeof(T));
+    T *Z = malloc((size_t)md * sizeof(T));
+    T *av = malloc((size_t)(2 * nnz + 1) * sizeof(T));
+    double *dw = malloc((size_t)(8 * m + 2 * pmax) * sizeof(double));
+    T *Hx = NULL, *HHe = NULL, *Pe = NULL, *Zt = NULL, *Pf = NULL,
+      *Hg = NULL, *YY = NULL, *kx = NULL;
+    double *N = NULL, *Km = NULL, *Zd = NULL;
+    int *ipiv = NULL;
+    if (HU == NULL || HUM == NULL || R == NULL || Z == NULL || av == NULL
+        || dw == NULL) {
+        status = FS_NOMEM;
+        goto out;
+    }
+    T *a = av, *ga = av + nnz;
+    double *q = dw, *s = q + m, *Ho = s + m, *svu = Ho + m, *gq = svu + m,
+           *gs = gq + m, *ysum = gs + m, *dv = ysum + m, *E = dv + m + pmax;
+
+    F(fs_forward_core)(D, d, V, U, M, omega, sv, m, H, indptr, indices, HU,
+                       HUM, a, q, s, Ho, svu);
+    if (ga_in == NULL) {
+        for (int i = 0; i < m; ++i) {
+            double L;
+            status = F(fs_eval_loss)(spec, indptr[i + 1] - indptr[i],
+                                     a + indptr[i], values + indptr[i], q[i],
+                                     s[i], &L, ga + indptr[i], gq + i, gs + i);
+            if (status == FS_OK && !isfinite((T)L))
+                status = FS_NONFINITE;
+            if (status != FS_OK) {
+                ctl->bad = i;
+                goto out;
+            }
+            loss_out[i] = (T)L;
+        }
+    } else {
+        memcpy(ga, ga_in, (size_t)nnz * sizeof(T));
+        memcpy(gq, gq_in, (size_t)m * sizeof(double));
+        memcpy(gs, gs_in, (size_t)m * sizeof(double));
+    }
+
+    /* R = Ydot V ; Z = R + 2 diag(gq) (H U^T M + Ho sv^T) + gs sv^T
+     * grad_H = Z U + (2 gq s + D gs + ysum) omega^T */
+    for (int i = 0; i < m; ++i) {
+        F(fs_gather_combine)(V, d, indices + indptr[i], ga + indptr[i],
+                              indptr[i + 1] - indptr[i], d, R + (ptrdiff_t)i * d);
+        ysum[i] = 0.0;
+        for (int64_t p = indptr[i]; p < indptr[i + 1]; ++p)
+            ysum[i] += ga[p];
+    }
+    memcpy(Z, R, (size_t)md * sizeof(T));
+    for (int i = 0; i < m; ++i) {
+        T *zi = Z + (ptrdiff_t)i * d;
+        const T *hum = HUM + (ptrdiff_t)i * d;
+        const T c1 = (T)(2.0 * gq[i]);
+        for (int c = 0; c < d; ++c)
+            zi[c] += c1 * hum[c];
+        if (keep_s) {
+            const T c2 = (T)(2.0 * gq[i] * Ho[i] + gs[i]);
+            for (int c = 0; c < d; ++c)
+                zi[c] += c2 * sv[c];
+        }
+    }
+    F(fs_gemm)(0, 0, m, d, d, 1, Z, d, U, d, 0, grad_out, d);
+    if (keep_s)
+        for (int i = 0; i < m; ++i) {
+            const T cw = (T)(2.0 * gq[i] * s[i] + Dn * gs[i] + ysum[i]);
+            T *g = grad_out + (ptrdiff_t)i * d;
+            for (int c = 0; c < d; ++c)
+                g[c] += cw * omega[c];
+        }
+    if (!(F(fs_finite)(md, grad_out) && F(fs_finite)(md, HU))) {
+        status = FS_NONFINITE;
+        goto out;
+    }
+    if (!update)
+        goto out;
+
+    /* ---- the update A = I - H^T diag(dv) H, dv = 2 lr gq, and its
+     * near-singular directions (§4.2) */
+    HHe = malloc((size_t)(m + pmax) * (m + pmax) * sizeof(T));
+    N = malloc((size_t)pmax * d * sizeof(double));
+    if (HHe == NULL || N == NULL) {
+        status = FS_NOMEM;
+        goto out;
+    }
+    for (int i = 0; i < m; ++i)
+        dv[i] = 2.0 * lr * gq[i];
+    F(fs_gemm)(0, 1, m, m, d, 1, H, d, H, d, 0, HHe, m);
+    double lam_lo, lam_hi, min_abs;
+    k = F(fs_spectrum)(m, d, H, HHe, dv, ctl->split, N, E, &lam_lo, &lam_hi,
+                       &min_abs);
+    if (k < 0) {
+        status = FS_NOMEM;
+        k = 0;
+        goto out;
+    }
+    ctl->min_factor = min_abs;
+    me = m + k;
+    Hx = (T *)H;
+    if (k > 0) {    /* Hext = [H; N], HU ext = [H U^T; N U^T], HHe */
+        Hx = malloc((size_t)me * d * sizeof(T));
+        if (Hx == NULL) {
+            status = FS_NOMEM;
+            goto out;
+        }
+        memcpy(Hx, H, (size_t)md * sizeof(T));
+        for (ptrdiff_t c = 0; c < (ptrdiff_t)k * d; ++c)
+            Hx[md + c] = (T)N[c];
+        F(fs_gemm)(0, 1, k, d, d, 1, Hx + md, d, U, d, 0, HU + md, d);
+        F(fs_gemm)(0, 1, me, me, d, 1, Hx, d, Hx, d, 0, HHe, me);
+        for (int j = 0; j < k; ++j)
+            dv[m + j] = -E[j];      /* A_mod = A + N^T diag(E) N */
+    }
+    /* Km = I - diag(dv) HHe, LU; this small system in double (its rounding
+     * in T costs the target rows' updates several ulps, measured) */
+    Km = malloc((size_t)me * me * sizeof(double));
+    ipiv = malloc((size_t)me * sizeof(int));
+    Pe = malloc((size_t)me * d * sizeof(T));
+    Zt = malloc((size_t)me * d * sizeof(T));
+    Zd = malloc((size_t)me * (d > k ? d : k) * sizeof(double));
+    Pf = malloc((size_t)me * d * sizeof(T));
+    Hg = malloc((size_t)me * d * sizeof(T));
+    YY = malloc((size_t)mm * sizeof(T));
+    kx = malloc((size_t)(3 * k * d + k * k + k * m + k + 1) * sizeof(T));
+    if (Km == NULL || ipiv == NULL || Pe == NULL || Zt == NULL || Pf == NULL
+        || Hg == NULL || YY == NULL || kx == NULL || Zd == NULL) {
+        status = FS_NOMEM;
+        goto out;
+    }
+    for (int i = 0; i < me; ++i) {
+        for (int j = 0; j < me; ++j)
+            Km[(ptrdiff_t)i * me + j] = -dv[i] * (double)HHe[(ptrdiff_t)i * me + j];
+        Km[(ptrdiff_t)i * me + i] += 1.0;
+    }
+    if (fs_getrf_d(me, Km, me, ipiv) != 0) {
+        status = FS_SINGULAR;
+        goto out;
+    }
+    /* Pe = Hext Uinv ; Zt = (Km^{-1} diag(dv) Pe)^T ; Pf = Hext Uinv' */
+    F(fs_gemm)(0, 0, me, d, d, 1, Hx, d, Uinv, d, 0, Pe, d);
+    for (int c = 0; c < d; ++c)
+        for (int i = 0; i < me; ++i)
+            Zd[(ptrdiff_t)c * me + i] = dv[i] * (double)Pe[(ptrdiff_t)i * d + c];
+    fs_getrs_d(me, d, Km, me, ipiv, Zd, me);
+    for (ptrdiff_t c = 0; c < (ptrdiff_t)me * d; ++c)
+        Zt[c] = (T)Zd[c];
+    memcpy(Pf, Pe, (size_t)me * d * sizeof(T));
+    F(fs_gemm)(0, 1, me, d, me, 1, HHe, me, Zt, me, 1, Pf, d);
+    /* Hg = diag(dv) Hext */
+    for (int i = 0; i < me; ++i)
+        for (int c = 0; c < d; ++c)
+            Hg[(ptrdiff_t)i * d + c] = (T)dv[i] * Hx[(ptrdiff_t)i * d + c];
+    T *P = Pf;      /* its first m rows: H Uinv' */
+    if (sizeof(T) == sizeof(double)) {
+        /* float64 has no wider type for the small system (float32 solves it
+         * in double): one step of iterative refinement of Pf = Hext U'^{-1},
+         * which the target rows' updates and the split's transformation
+         * follow (measured: a step's error on a row that many examples of a
+         * minibatch share, 6 -> 2 ulps).  Rf <- Hext - Pf U',
+         * U' = U - HU^T Hg; Pf += Rf Uinv', Uinv' = Uinv + Hext^T Zt^T. */
+        T *T1 = malloc((size_t)me * me * sizeof(T));
+        T *Rf = malloc((size_t)me * d * sizeof(T));
+        if (T1 == NULL || Rf == NULL) {
+            free(T1);
+            free(Rf);
+            status = FS_NOMEM;
+            goto out;
+        }
+        F(fs_gemm)(0, 0, me, d, d, 1, Pf, d, U, d, 0, Rf, d);
+        F(fs_gemm)(0, 1, me, me, d, 1, Pf, d, HU, d, 0, T1, me);
+        F(fs_gemm)(0, 0, me, d, me, -1, T1, me, Hg, d, 1, Rf, d);
+        for (ptrdiff_t c = 0; c < (ptrdiff_t)me * d; ++c)
+            Rf[c] = Hx[c] - Rf[c];
+        F(fs_gemm)(0, 0, me, d, d, 1, Rf, d, Uinv, d, 1, Pf, d);
+        F(fs_gemm)(0, 1, me, me, d, 1, Rf, d, Hx, d, 0, T1, me);
+        F(fs_gemm)(0, 1, me, d, me, 1, T1, me, Zt, me, 1, Pf, d);
+        free(T1);
+        free(Rf);
+    }
+    /* C = I + P1^T diag(gam) P2 with P1 = N U^T, P2 = N U'^{-1} (the last k
+     * rows of Pf), gam = -E: V C U' = V U A exactly (§4.2) */
+    T *P1 = kx, *P2 = Pf + md, *gam = P1 + (ptrdiff_t)k * d,
+      *tmp = gam + k, *Bk = tmp + 2 * (ptrdiff_t)k * d + (ptrdiff_t)k * k;
+    if (k > 0) {
+        memcpy(P1, HU + md, (size_t)k * d * sizeof(T));
+        for (int j = 0; j < k; ++j)
+            gam[j] = (T)(-E[j]);
+        /* R <- R C */
+        F(fs_gemm)(0, 1, m, k, d, 1, R, d, P1, d, 0, Bk, k);
+        for (int i = 0; i < m; ++i)
+            for (int j = 0; j < k; ++j)
+                Bk[(ptrdiff_t)i * k + j] *= gam[j];
+        F(fs_gemm)(0, 0, m, d, k, 1, Bk, k, P2, d, 1, R, d);
+    }
+    /* R <- R - lr/2 (Ydot Ydot^T) P, so that M' = M - lr (P^T R + R^T P) */
+    memset(YY, 0, (size_t)mm * sizeof(T));
+    F(fs_csr_gram_add)(m, indptr, indices, ga, YY);
+    {
+        ptrdiff_t nz = 0;
+        for (ptrdiff_t i = 0; i < mm; ++i)
+            nz += YY[i] != 0;
+        if (8 * nz < mm) {      /* usually: examples rarely share targets */
+            for (int i = 0; i < m; ++i)
+                for (int j = 0; j < m; ++j) {
+                    const T yij = YY[(ptrdiff_t)i * m + j];
+                    if (yij != 0) {
+                        const T cf = (T)(-0.5 * lr) * yij;
+                        T *ri = R + (ptrdiff_t)i * d;
+                        const T *pj = P + (ptrdiff_t)j * d;
+                        for (int c = 0; c < d; ++c)
+                            ri[c] += cf * pj[c];
+                    }
+                }
+        } else {
+            F(fs_gemm)(0, 0, m, d, m, (T)(-0.5 * lr), YY, m, P, d, 1, R, d);
+        }
+    }
+
+    /* ---- checks: everything the update writes is finite and in range
+     * (§6); nothing has been written yet */
+    {
+        double bu = sqrt(ctl->smax2), bi = sqrt(ctl->sinv2), cn = 1.0,
+               pn = 0.0, rn = 0.0, pmx = 0.0;
+        int ok = F(fs_finite)(me * d, Zt) && F(fs_finite)(me * d, Pf)
+                 && F(fs_finite)(me * d, HU) && F(fs_finite)(md, R)
+                 && F(fs_finite)(me * d, Hg) && (k == 0 || F(fs_finite)(k * d, P2));
+        for (int i = 0; ok && i < me; ++i) {
+            const T *hg = Hg + (ptrdiff_t)i * d, *hu = HU + (ptrdiff_t)i * d,
+                    *hx = Hx + (ptrdiff_t)i * d;
+            double zn = 0.0;
+            for (int c = 0; c < d; ++c)
+                zn += (double)Zt[(ptrdiff_t)c * me + i] * Zt[(ptrdiff_t)c * me + i];
+            bu += sqrt(F(fs_dot)(d, hu, hu) * F(fs_dot)(d, hg, hg));
+            bi += sqrt(F(fs_dot)(d, hx, hx) * zn);
+        }
+        for (int j = 0; j < k; ++j)
+            cn += fabs((double)gam[j]) * sqrt(F(fs_dot)(d, P1 + (ptrdiff_t)j * d,
+                                                        P1 + (ptrdiff_t)j * d)
+                                              * F(fs_dot)(d, P2 + (ptrdiff_t)j * d,
+                                                          P2 + (ptrdiff_t)j * d));
+        pn = sqrt(F(fs_dot)(md, P, P));
+        rn = sqrt(F(fs_dot)(md, R, R));
+        pmx = F(fs_amax)(md, P);
+        {
+            const double nm = ctl->mnorm * cn * cn + 2.0 * lr * pn * rn;
+            double trM = 0.0;
+            for (int c = 0; c < d; ++c)
+                trM += M[(ptrdiff_t)c * d + c];
+            ok = ok && bu <= lim && bi <= lim && nm <= lim
+                 && sqrt(fabs(trM)) * cn <= lim;
+            for (int i = 0; ok && i < m; ++i)
+                for (int64_t p = indptr[i]; ok && p < indptr[i + 1]; ++p)
+                    ok = F(fs_amax)(d, V + indices[p] * d) * cn
+                         + fabs(lr * ga[p]) * pmx <= lim;
+            if (ok && keep_s) {
+                double ys = 0.0, os = 0.0;
+                for (int i = 0; i < m; ++i) {
+                    ys += fabs(ysum[i]);
+                    os += fabs(2.0 * gq[i] * Ho[i] + gs[i])
+                          * F(fs_amax)(d, H + (ptrdiff_t)i * d);
+                }
+                ok = F(fs_amax)(d, sv) * cn + lr * ys * pmx <= lim
+                     && F(fs_amax)(d, omega) + lr * os <= lim;
+            }
+            if (!ok) {
+                status = FS_OVERFLOW;
+                goto out;
+            }
+            ctl->mnorm = nm;
+        }
+    }
+
+    /* ---- the update (nothing can fail from here on, but for memory) */
+    if (k > 0) {
+        /* V <- V C, M <- C^T M C, sv <- C^T sv */
+        status = F(fs_lowrank_rows)(V, D, d, k, P1, P2, gam);
+        if (status != FS_OK)
+            goto out;
+        ctl->n_split = 1;
+        F(fs_gram_transform)(d, k, M, P1, P2, gam, tmp);
+        if (keep_s)
+            for (int j = 0; j < k; ++j) {
+                const T f = (T)(gam[j] * F(fs_dot)(d, P1 + (ptrdiff_t)j * d, sv));
+                for (int c = 0; c < d; ++c)
+                    sv[c] += f * P2[(ptrdiff_t)j * d + c];
+            }
+    }
+    {   /* the cond bound (§5), before Uinv changes: the Frobenius growth of
+         * Uinv, <Pe + Pf, Zt^T>, when every factor is at most 1 */
+        double dF = 0.0;
+        if (lam_hi <= 1.0) {
+            for (int i = 0; i < me; ++i)
+                for (int c = 0; c < d; ++c)
+                    dF += ((double)Pe[(ptrdiff_t)i * d + c] + Pf[(ptrdiff_t)i * d + c])
+                          * Zt[(ptrdiff_t)c * me + i];
+            ctl->sinv2 += dF > 0 ? dF : 0.0;
+        } else {
+            ctl->sinv2 /= lam_lo * lam_lo;
+        }
+        ctl->smax2 *= lam_hi * lam_hi;
+        ctl->smax2 *= rho * rho;
+        ctl->sinv2 /= rho * rho;
+    }
+    /* U' = U - (U Hext^T) diag(dv) Hext ; Uinv' = Uinv + Hext^T Zt^T */
+    F(fs_gemm)(1, 0, d, d, me, -1, HU, d, Hg, d, 1, U, d);
+    F(fs_gemm)(1, 1, d, d, me, 1, Hx, d, Zt, me, 1, Uinv, d);
+    /* V' = V - lr Ydot^T P: the terms of the examples that share a row are
+     * summed in double and rounded into V once, as a dense update would */
+    status = F(fs_add_rows)(V, d, m, indptr, indices, ga, -lr, P);
+    if (status != FS_OK)
+        goto out;
+    /* M' = M + dV^T V + V^T dV + dV^T dV,  dV = -lr Ydot^T P */
+    F(fs_syr2k_upper_trans)(d, m, (T)(-lr), P, d, R, d, 1, M, d);
+    if (keep_s) {
+        /* sv' = sv - lr P^T ysum ; omega' = omega - lr H^T (2 gq Ho + gs) */
+        for (int i = 0; i < m; ++i) {
+            const T fy = (T)(-lr * ysum[i]);
+            const T fo = (T)(-lr * (2.0 * gq[i] * Ho[i] + gs[i]));
+            const T *pi = P + (ptrdiff_t)i * d, *hi = H + (ptrdiff_t)i * d;
+            for (int c = 0; c < d; ++c) {
+                sv[c] += fy * pi[c];
+                omega[c] += fo * hi[c];
+            }
+        }
+    }
+    if (rho != 1.0) {   /* W <- rho W without touching V, M, sv */
+        for (ptrdiff_t c = 0; c < (ptrdiff_t)d * d; ++c) {
+            U[c] *= (T)rho;
+            Uinv[c] *= (T)(1.0 / rho);
+        }
+        if (keep_s)
+            for (int c = 0; c < d; ++c)
+                omega[c] *= (T)rho;
+    }
+    ctl->done = m;
+out:
+    free(HU); free(HUM); free(R); free(Z); free(av); free(dw);
+    if (Hx != H)
+        free(Hx);
+    free(HHe); free(Km); free(Pe); free(Zt); free(Pf); free(Hg); free(YY);
+    free(kx); free(N); free(ipiv); free(Zd);
+    return status;
+}
+
+#undef F
+#undef FS_CAT
+#undef FS_CAT_
