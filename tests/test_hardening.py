@@ -1,0 +1,191 @@
+"""Hardening: untrusted targets are refused with a clear error before
+anything changes (and never crash the process).
+
+The cases that crashed the process before (out-of-range indices in a raw
+scipy.sparse matrix) run in a subprocess, so that a regression fails the
+test instead of killing the run.
+"""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from fastsparse import FactoredOutputLayer, NaiveOutputLayer
+from conftest import assert_ran, rel_err, run_isolated
+
+LAYERS = [FactoredOutputLayer, NaiveOutputLayer]
+D, d = 30, 4
+
+
+def _state(layer):
+    return {k: v.tobytes() for k, v in layer._checkpoint_arrays().items()}
+
+
+def _layer(cls, **kw):
+    W0 = np.random.default_rng(0).standard_normal((D, d)) / 2
+    return cls.from_weights(W0, **kw)
+
+
+# ---- sparse targets: every index of every format is checked ---------------
+SPARSE_CRASH_CODE = r"""
+import numpy as np, scipy.sparse as sp
+from fastsparse import FactoredOutputLayer, NaiveOutputLayer
+
+m, D, d = 4, 30, 4
+rng = np.random.default_rng(0)
+rows, cols = np.array([0, 1, 2, 3, 3]), np.array([5, 7, 0, 29, 2])
+vals = np.array([1.0, -2.0, 0.5, 1.0, 3.0])
+H = 0.3 * rng.standard_normal((m, d))
+
+def tamper(fmt, kind, bad):
+    ctor = getattr(sp, f"{fmt}_{kind}")
+    Y = ctor(sp.coo_array((vals, (rows, cols)), shape=(m, D)))
+    if fmt in ("csr", "csc", "bsr"):
+        Y.indices = Y.indices.astype(np.int64)
+        Y.indices[-1] = bad
+    elif fmt == "coo":
+        col = Y.col.astype(np.int64)
+        col[-1] = bad
+        Y.col = col
+    elif fmt == "lil":
+        Y.rows[3][-1] = bad
+    elif fmt == "dok":
+        Y._dict[(3, bad)] = 1.0
+    return Y
+
+n = 0
+for cls in (FactoredOutputLayer, NaiveOutputLayer):
+    layer = cls.from_weights(rng.standard_normal((D, d)))
+    before = {k: v.tobytes() for k, v in layer._checkpoint_arrays().items()}
+    for fmt in ("csr", "csc", "coo", "bsr", "lil", "dok"):
+        for kind in ("array", "matrix"):
+            # csc and bsr (block 2 x 2 here would not tile; blocks of 1 x 1)
+            # hold row resp. block-column indices: their bound differs
+            for bad in (D, -1, 2**31, 2**63 - 1, -2**63):
+                if fmt == "csc" and bad == D:
+                    bad = m
+                Y = tamper(fmt, kind, bad)
+                for call in ("step", "loss_and_grad"):
+                    args = (H, Y, 0.1) if call == "step" else (H, Y)
+                    try:
+                        getattr(layer, call)(*args)
+                    except IndexError as exc:
+                        assert "out of range" in str(exc), exc
+                    else:
+                        raise AssertionError(f"{cls.__name__} {fmt}_{kind} "
+                                             f"index {bad}: accepted")
+                    n += 1
+                    after = {k: v.tobytes() for k, v in layer._checkpoint_arrays().items()}
+                    assert after == before, (fmt, kind, bad)
+    # malformed compressed structure: ValueError, not a crash
+    for fmt in ("csr", "csc", "bsr"):
+        Y = getattr(sp, f"{fmt}_array")(sp.coo_array((vals, (rows, cols)), shape=(m, D)))
+        Y.indptr = Y.indptr.copy()
+        Y.indptr[1] = 10**6
+        try:
+            layer.step(H, Y, 0.1)
+        except ValueError as exc:
+            assert "malformed" in str(exc), exc
+        else:
+            raise AssertionError(f"{fmt}: bad indptr accepted")
+        n += 1
+print("cases", n)
+"""
+
+
+def test_sparse_targets_with_out_of_range_indices_are_refused(tmp_path):
+    """Raw index arrays of every scipy.sparse format (arrays and matrices)
+    tampered with to hold D, -1, 2^31, 2^63-1, -2^63: IndexError, nothing
+    changed (before: wrong losses, SIGSEGV or heap corruption)."""
+    proc = run_isolated(SPARSE_CRASH_CODE, tmp_path)
+    assert_ran(proc)
+    assert "cases 246" in proc.stdout, proc.stdout
+
+
+def _triplets():
+    # unsorted, with duplicates (summed) and an explicit zero, one empty row
+    rows = np.array([3, 0, 0, 2, 0, 3, 2, 0])
+    cols = np.array([2, 29, 5, 0, 5, 2, 7, 0])
+    vals = np.array([1.0, 2.0, -1.0, 0.5, 3.0, 0.25, 0.0, 1.5])
+    return rows, cols, vals
+
+
+def _reference_targets():
+    """The same targets as a merged (indices, values) tuple, K = 3, padded
+    with explicit zeros at unused indices (a zero target is no target for
+    these losses)."""
+    dense = np.zeros((5, D))
+    rows, cols, vals = _triplets()
+    np.add.at(dense, (rows, cols), vals)
+    idx = np.array([[0, 5, 29], [1, 2, 3], [0, 7, 9], [2, 10, 11], [4, 5, 6]])
+    return idx, np.take_along_axis(dense, idx, 1)
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "bsr", "lil", "dok", "dia"])
+@pytest.mark.parametrize("kind", ["array", "matrix"])
+def test_every_sparse_format_gives_the_same_step(cls, fmt, kind):
+    rows, cols, vals = _triplets()
+    coo = sp.coo_array((vals, (rows, cols)), shape=(5, D))   # duplicates kept
+    Y = getattr(sp, f"{fmt}_{kind}")(coo)
+    if fmt == "csr":
+        # raw arrays with duplicates and unsorted indices, flags that lie:
+        # the parser must not trust them
+        order = np.argsort(rows, kind="stable")
+        Y = getattr(sp, f"csr_{kind}")(
+            (vals[order], cols[order], np.searchsorted(rows[order], np.arange(6))),
+            shape=(5, D))
+        Y.has_sorted_indices = True
+        Y.has_canonical_format = True
+    H = 0.3 * np.random.default_rng(1).standard_normal((5, d))
+    a, b = _layer(cls), _layer(cls)
+    la, ga = a.step(H, Y, 0.05, mode="online")
+    lb, gb = b.step(H, _reference_targets(), 0.05, mode="online")
+    np.testing.assert_allclose(la, lb, rtol=1e-12)
+    np.testing.assert_allclose(ga, gb, rtol=1e-12, atol=1e-15)
+    assert rel_err(a.weights(), b.weights()) < 1e-13
+
+
+@pytest.mark.parametrize("kind", ["array", "matrix"])
+def test_dia_offsets_at_and_beyond_the_bounds(kind):
+    m = 5
+    data = np.arange(1.0, 1 + 5 * 40).reshape(5, 40)
+    offsets = np.array([D, -1, 2**31, -m, 0], dtype=np.int64)  # only -1 and 0 hit
+    Y = getattr(sp, f"dia_{kind}")((data, offsets), shape=(m, D))
+    dense = np.zeros((m, D))
+    for k in (1, 4):
+        for j in range(D):
+            i = j - offsets[k]
+            if 0 <= i < m:
+                dense[i, j] += data[k, j]
+    H = 0.1 * np.random.default_rng(2).standard_normal((m, d))
+    ref = _layer(FactoredOutputLayer).loss_and_grad(H, sp.csr_array(dense))
+    got = _layer(FactoredOutputLayer).loss_and_grad(H, Y)
+    np.testing.assert_allclose(got[0], ref[0], rtol=1e-13)
+    np.testing.assert_allclose(got[1], ref[1], rtol=1e-13)
+
+
+def test_int_and_tuple_targets_make_no_scipy_call(monkeypatch):
+    import fastsparse._validation as v
+
+    def boom(*a, **k):
+        raise AssertionError("scipy.sparse called")
+    monkeypatch.setattr(v.sp, "csr_array", boom)
+    layer = _layer(FactoredOutputLayer)
+    H = np.full((2, d), 0.1)
+    layer.loss_and_grad(H, np.array([1, 2]))
+    layer.loss_and_grad(H, (np.array([[1, 1], [2, 3]]), None))
+    layer.loss_and_grad(H, (np.array([[1, 1], [2, 3]]), np.ones((2, 2))))
+
+
+@pytest.mark.parametrize("bad", [-1, D, 2**31, 2**63 - 1])
+@pytest.mark.parametrize("form", ["int", "tuple"])
+def test_int_and_tuple_targets_at_the_bounds(bad, form):
+    layer = _layer(FactoredOutputLayer)
+    before = _state(layer)
+    idx = np.array([0, bad], dtype=np.int64)
+    tg = idx if form == "int" else (idx[:, None], None)
+    with pytest.raises(IndexError, match=f"index {bad} is out of range"):
+        layer.step(np.full((2, d), 0.1), tg, 0.1)
+    assert _state(layer) == before
+    idx = np.array([0, D - 1], dtype=np.uint64)           # the valid bounds
+    layer.step(np.full((2, d), 0.1), idx if form == "int" else (idx[:, None], None), 0.1)
