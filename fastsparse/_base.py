@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _checkpoint
 from ._threads import compute, locked
-from .losses import get_loss
+from .losses import CallableLoss, get_loss
 from ._validation import (check_dtype, check_hidden, check_index_matrix,
                           check_lr, check_mode, check_rows, check_size,
                           check_vector, check_weight_decay, parse_targets)
@@ -113,6 +113,8 @@ class OutputLayerBase:
     _single_thread_blas = False
     #: whether the bias is stored as one more column of the weights array
     _bias_in_V = False
+    #: name of the public method running on this layer (fastsparse._threads)
+    _in_call = None
 
     # ------------------------------------------------------- construction
     def __init__(self, n_outputs, n_hidden, *, dtype=np.float32, seed=None,
@@ -179,6 +181,8 @@ class OutputLayerBase:
         self._lock = threading.RLock()   # see fastsparse._threads
         self.n_outputs, self.n_hidden = n_outputs, n_hidden
         self.dtype = np.dtype(dtype)
+        if isinstance(loss, CallableLoss):   # checks its results for this dtype
+            loss = loss.for_dtype(self.dtype)
         self.loss = loss
         self.has_bias = has_bias
         self.track_sum = track_sum

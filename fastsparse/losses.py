@@ -209,17 +209,30 @@ class CallableLoss(Loss):
     (every example must have the same number K of distinct targets), ``q``
     and ``s`` shape (m,); it returns per-example losses (m,), dL/da (m, K),
     dL/dq (m,) and dL/ds (m,).  Minibatch mode only.
+
+    What it returns is checked before the layer uses it: a tuple of four
+    arrays of those shapes, of real numbers (not complex, object or bool),
+    finite, and still finite once cast to the layer's dtype (``dtype``);
+    a failed check raises a ValueError or TypeError that names the callable,
+    and the layer is left unchanged.  It must not call its own layer (that
+    raises RuntimeError).
     """
 
     name = "callable"
     uses_s = True
     online = False
 
-    def __init__(self, func):
+    def __init__(self, func, dtype=np.float64):
         if not callable(func):
             raise TypeError(f"loss must be a name, a Loss or a callable, got "
                             f"{type(func).__name__}")
         self.func = func
+        self.dtype = np.dtype(dtype)
+
+    def for_dtype(self, dtype):
+        """This loss, checking its results against a layer of ``dtype``."""
+        dtype = np.dtype(dtype)
+        return self if dtype == self.dtype else CallableLoss(self.func, dtype)
 
     def check_targets(self, targets):
         K = np.diff(targets.indptr)
@@ -236,17 +249,28 @@ class CallableLoss(Loss):
             raise ValueError("the loss callable must return a tuple "
                              "(loss, grad_a, grad_q, grad_s), got "
                              f"{type(out).__name__}")
-        L, ga, gq, gs = out
         res = []
-        for name, val, shape in (("loss", L, (m,)), ("grad_a", ga, (m, K)),
-                                 ("grad_q", gq, (m,)), ("grad_s", gs, (m,))):
-            arr = np.asarray(val, dtype=np.float64)
+        for name, val, shape in zip(("loss", "grad_a", "grad_q", "grad_s"), out,
+                                    ((m,), (m, K), (m,), (m,))):
+            arr = np.asarray(val)
+            if arr.dtype.kind not in "iuf":
+                raise TypeError(f"the loss callable returned {name} of dtype "
+                                f"{arr.dtype}; it must return real numbers "
+                                "(float or int arrays)")
+            arr = arr.astype(np.float64)
             if arr.shape != shape:
                 raise ValueError(f"the loss callable returned {name} of shape "
                                  f"{arr.shape}, expected {shape}")
             if not np.isfinite(arr).all():
                 raise ValueError(f"the loss callable returned a non-finite "
                                  f"{name}")
+            with np.errstate(over="ignore"):
+                cast = arr.astype(self.dtype)
+            if not np.isfinite(cast).all():
+                raise ValueError(f"the loss callable returned {name} with values "
+                                 f"that overflow the layer's dtype "
+                                 f"{self.dtype.name} (largest magnitude "
+                                 f"{np.abs(arr).max():.3g})")
             res.append(arr)
         return tuple(res)
 

@@ -1,10 +1,12 @@
-"""Hardening: untrusted targets are refused with a clear error before
-anything changes (and never crash the process).
+"""Hardening: untrusted targets and loss callables are refused with a clear
+error before anything changes (and never crash the process).
 
 The cases that crashed the process before (out-of-range indices in a raw
 scipy.sparse matrix) run in a subprocess, so that a regression fails the
 test instead of killing the run.
 """
+import threading
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -189,3 +191,113 @@ def test_int_and_tuple_targets_at_the_bounds(bad, form):
     assert _state(layer) == before
     idx = np.array([0, D - 1], dtype=np.uint64)           # the valid bounds
     layer.step(np.full((2, d), 0.1), idx if form == "int" else (idx[:, None], None), 0.1)
+
+
+# ---- callable losses -------------------------------------------------------
+def _returning(kind):
+    def f(a, q, s, v):
+        ga = -2 * v
+        if kind == "complex":
+            ga = ga + 1j
+        elif kind == "object":
+            ga = ga.astype(object)
+        elif kind == "bool":
+            ga = ga > 0
+        elif kind == "overflow32":
+            ga = np.full_like(ga, 1e39)
+        elif kind == "loss_overflow32":
+            return np.full_like(q, 1e39), ga, np.ones_like(q), 0 * q
+        elif kind == "inf":
+            ga = ga * np.inf
+        return q, ga, np.ones_like(q), 0 * q
+    return f
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+@pytest.mark.parametrize("kind,exc,pattern", [
+    ("complex", TypeError, r"loss callable returned grad_a of dtype complex128; "
+                           r"it must return real numbers"),
+    ("object", TypeError, r"loss callable returned grad_a of dtype object"),
+    ("bool", TypeError, r"loss callable returned grad_a of dtype bool"),
+    ("overflow32", ValueError, r"loss callable returned grad_a with values that "
+                               r"overflow the layer's dtype float32"),
+    ("loss_overflow32", ValueError, r"loss callable returned loss with values "
+                                    r"that overflow"),
+    ("inf", ValueError, r"loss callable returned a non-finite grad_a"),
+])
+def test_callable_loss_results_are_validated(cls, kind, exc, pattern):
+    layer = cls.from_weights(np.random.default_rng(0).standard_normal((20, 3)),
+                             dtype=np.float32, loss=_returning(kind))
+    before = _state(layer)
+    with pytest.raises(exc, match=pattern):
+        layer.step(np.full((3, 3), 0.1), np.array([1, 2, 3]), 0.1)
+    assert _state(layer) == before
+    # a float64 layer takes 1e39 (finite in float64)
+    if kind in ("overflow32", "loss_overflow32"):
+        layer = cls.from_weights(np.ones((20, 3)), loss=_returning(kind))
+        layer.loss_and_grad(np.full((3, 3), 0.1), np.array([1, 2, 3]))
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+@pytest.mark.parametrize("inner", ["step", "loss_and_grad", "weights", "save",
+                                   "outputs", "forward"])
+def test_callable_cannot_use_its_own_layer(cls, inner, tmp_path):
+    box = {}
+
+    def f(a, q, s, v):
+        layer = box["layer"]
+        H, t = np.full((1, 3), 0.1), np.array([1])
+        {"step": lambda: layer.step(H, t, 0.1),
+         "loss_and_grad": lambda: layer.loss_and_grad(H, t),
+         "weights": layer.weights,
+         "save": lambda: layer.save(tmp_path / "x.npz"),
+         "outputs": lambda: layer.outputs(H),
+         "forward": lambda: layer.forward(H, t[:, None])}[inner]()
+        return q, -2 * v, np.ones_like(q), 0 * q
+
+    layer = box["layer"] = cls.from_weights(
+        np.random.default_rng(0).standard_normal((20, 3)), loss=f)
+    before = _state(layer)
+    with pytest.raises(RuntimeError, match=rf"{cls.__name__}\.{inner}\(\) was called "
+                       rf"from inside a call of the same layer \({cls.__name__}"
+                       r"\.step\(\), e\.g\. by its loss callable\)"):
+        layer.step(np.full((2, 3), 0.1), np.array([1, 2]), 0.1)
+    assert _state(layer) == before
+    assert not (tmp_path / "x.npz").exists()
+    # the layer is usable again afterwards, and other layers from a callable
+    other = cls.from_weights(np.ones((20, 3)))
+    box["layer"] = other
+    layer.step(np.full((2, 3), 0.1), np.array([1, 2]), 0.1)
+    assert _state(layer) != before
+
+
+def test_other_threads_still_wait_for_the_lock():
+    """The re-entrancy check does not turn the lock into a refusal for other
+    threads: a thread calling the layer while a callable runs waits."""
+    started, release, results = threading.Event(), threading.Event(), []
+
+    def f(a, q, s, v):
+        started.set()
+        release.wait(10)
+        return q, -2 * v, np.ones_like(q), 0 * q
+
+    layer = FactoredOutputLayer.from_weights(np.ones((20, 3)), loss=f)
+    main = threading.Thread(target=lambda: layer.step(np.full((1, 3), 0.1),
+                                                      np.array([1]), 0.1))
+    main.start()
+    assert started.wait(10)
+    started.clear()
+
+    def other():
+        try:
+            results.append(layer.weights())
+        except Exception as exc:       # pragma: no cover - the failure shown
+            results.append(exc)
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(0.2)
+    assert t.is_alive() and not results          # blocked on the lock
+    release.set()
+    main.join(10)
+    t.join(10)
+    assert isinstance(results[0], np.ndarray)
