@@ -1,5 +1,4 @@
 """The factored output layer: exact SGD in O(d^2 + K d) per example."""
-import numbers
 
 import numpy as np
 
@@ -7,9 +6,13 @@ from . import _checkpoint, _core
 from ._base import _CHUNK_ROWS, _COMMON_PARAMS_DOC, OutputLayerBase
 from ._health import StabilityControl
 from ._threads import compute, locked
+from ._validation import check_bool, check_int, check_real
 from .losses import SquaredError
 
 _S = _core.Status
+
+#: largest accepted ``online_block`` (examples per block of the online kernel)
+MAX_ONLINE_BLOCK = 65536
 
 
 class FactoredOutputLayer(OutputLayerBase):
@@ -56,9 +59,11 @@ class FactoredOutputLayer(OutputLayerBase):
     min_abs_r : float
         A step whose ``r = 1 - 2 lr dL/dq ||h||^2`` (the factor by which it
         scales U along h) has ``|r| < min_abs_r`` is refused: U would become
-        (nearly) singular.  Default 1e-3.
+        (nearly) singular.  A finite float with ``0 < min_abs_r < 1``
+        (validated on assignment); default 1e-3.
     online_block : int
-        Examples per block of the online kernel (default 64).  The online
+        Examples per block of the online kernel (default 64), an integer
+        with ``0 <= online_block <= 65536`` (validated on assignment).  The online
         mode applies the exact per-example updates in order; within a block
         it computes them with delayed updates, so that the d x d state is
         rewritten once per block with BLAS-3 calls instead of once per
@@ -81,10 +86,20 @@ class FactoredOutputLayer(OutputLayerBase):
     A bias is handled as one more input fixed to 1 (one more column of W).
     """
 
-    min_abs_r = 1e-3
+    _min_abs_r = 1e-3
     _online_block = _core.ONLINE_BLOCK
     _single_thread = True
     _bias_in_V = True
+    _OPTIONS = ("stability",)
+
+    @property
+    def min_abs_r(self):
+        return self._min_abs_r
+
+    @min_abs_r.setter
+    def min_abs_r(self, value):
+        self._min_abs_r = check_real(value, "min_abs_r", 0, 1, open_low=True,
+                                     open_high=True)
 
     @property
     def online_block(self):
@@ -92,10 +107,11 @@ class FactoredOutputLayer(OutputLayerBase):
 
     @online_block.setter
     def online_block(self, value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-                or value < 0:
-            raise ValueError(f"online_block must be an integer >= 0, got {value!r}")
-        self._online_block = int(value)
+        try:
+            self._online_block = check_int(value, "online_block", 0,
+                                           MAX_ONLINE_BLOCK)
+        except TypeError as exc:     # a ValueError for any bad value, as always
+            raise ValueError(str(exc)) from None
 
     @property
     def single_thread_blas(self):
@@ -103,9 +119,7 @@ class FactoredOutputLayer(OutputLayerBase):
 
     @single_thread_blas.setter
     def single_thread_blas(self, value):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"single_thread_blas must be a bool, got {value!r}")
-        self._single_thread = bool(value)
+        self._single_thread = check_bool(value, "single_thread_blas")
 
     @property
     def _single_thread_blas(self):          # read by _threads.compute
@@ -432,3 +446,4 @@ def _gram(V):
 def _column_sums(V):
     """1^T V accumulated in float64 (then cast)."""
     return V.sum(axis=0, dtype=np.float64).astype(V.dtype)
+

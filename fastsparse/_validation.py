@@ -10,8 +10,9 @@ import operator
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["check_dtype", "check_hidden", "check_lr", "check_mode",
-           "check_rows", "parse_targets", "Targets"]
+__all__ = ["check_bias", "check_bool", "check_dtype", "check_hidden", "check_int",
+           "check_lr", "check_mode", "check_real", "check_rows", "check_size",
+           "check_weight_decay", "parse_targets", "Targets"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INT32_MAX = np.iinfo(np.int32).max
@@ -28,18 +29,95 @@ def check_dtype(dtype):
     return dt
 
 
-def check_size(value, name):
-    """A positive integer that BLAS (32-bit int dimensions) can index."""
+def check_int(value, name, low=None, high=None, reason=""):
+    """An integer (not a bool) in [low, high], as a Python int.
+
+    ``reason`` is appended to the message of a value above ``high``.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got a bool")
     try:
         n = operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if n < 1:
-        raise ValueError(f"{name} must be >= 1, got {n}")
-    if n > _INT32_MAX:
-        raise ValueError(f"{name} must be <= {_INT32_MAX} (BLAS uses 32-bit "
-                         f"dimensions), got {n}")
+    if low is not None and n < low:
+        raise ValueError(f"{name} must be >= {low}, got {n}")
+    if high is not None and n > high:
+        raise ValueError(f"{name} must be <= {high}{reason}, got {n}")
     return n
+
+
+def check_size(value, name):
+    """A positive integer that BLAS (32-bit int dimensions) can index."""
+    return check_int(value, name, 1, _INT32_MAX,
+                     reason=" (BLAS uses 32-bit dimensions)")
+
+
+def check_bool(value, name):
+    """A bool (Python or NumPy), as a Python bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return bool(value)
+
+
+def check_real(value, name, low=None, high=None, *, open_low=False,
+               open_high=False):
+    """A finite real number (not a bool) in the given range, as a float.
+
+    ``low``/``high`` are inclusive bounds unless ``open_low``/``open_high``.
+    A 0-d real array is accepted.  TypeError for anything that is not a
+    real number, ValueError for a non-finite or out-of-range value.
+    """
+    if isinstance(value, np.ndarray) and value.ndim == 0 and \
+            value.dtype.kind in "iuf":
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        v = float(value)
+    except OverflowError:
+        v = float("inf") if value > 0 else float("-inf")
+    if low is not None and high is not None:
+        what = (f"in {'(' if open_low else '['}{low:g}, {high:g}"
+                f"{')' if open_high else ']'}")
+    elif low is not None:
+        what = f"{'>' if open_low else '>='} {low:g}"
+    elif high is not None:
+        what = f"{'<' if open_high else '<='} {high:g}"
+    else:
+        what = ""
+    ok = np.isfinite(v)
+    if ok and low is not None:
+        ok = v > low if open_low else v >= low
+    if ok and high is not None:
+        ok = v < high if open_high else v <= high
+    if not ok:
+        raise ValueError(f"{name} must be finite{' and ' + what if what else ''}, "
+                         f"got {v!r}")
+    return v
+
+
+def check_bias(bias, n_outputs, dtype):
+    """An initial output bias: None (None or False: no bias), zeros (True),
+    or a fresh finite (n_outputs,) array of ``dtype`` from real values."""
+    if bias is None or isinstance(bias, (bool, np.bool_)):
+        return np.zeros(n_outputs, dtype=dtype) if bias else None
+    if isinstance(bias, (str, bytes)):
+        raise TypeError(f"bias must be a bool or an array of shape (n_outputs,), "
+                        f"got {type(bias).__name__} {bias!r}")
+    arr = np.asarray(bias)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"bias must be a bool or a real array of shape "
+                        f"(n_outputs,), got dtype {arr.dtype}")
+    if arr.shape != (n_outputs,):
+        raise ValueError(f"bias must have shape (n_outputs,) = ({n_outputs},), "
+                         f"got {arr.shape}")
+    with np.errstate(over="ignore"):
+        b = np.array(arr, dtype=dtype, copy=True)
+    if not np.isfinite(b).all():
+        raise ValueError("bias contains non-finite values (NaN or Inf, possibly "
+                         f"from overflow when cast to {np.dtype(dtype).name})")
+    return b
 
 
 def _as_float_array(x, name, dtype):
@@ -77,26 +155,12 @@ def check_hidden(H, n_hidden, dtype):
 
 def check_lr(lr):
     """lr as a finite float >= 0."""
-    if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, numbers.Real):
-        if isinstance(lr, np.ndarray) and lr.ndim == 0 and \
-                np.issubdtype(lr.dtype, np.number):
-            lr = lr.item()
-        else:
-            raise TypeError(f"lr must be a real number, got {type(lr).__name__}")
-    lr = float(lr)
-    if not np.isfinite(lr):
-        raise ValueError(f"lr must be finite, got {lr}")
-    if lr < 0:
-        raise ValueError(f"lr must be >= 0, got {lr}")
-    return lr
+    return check_real(lr, "lr", 0)
 
 
 def check_weight_decay(wd, lr):
     """Weight decay as a finite float >= 0 with lr * wd < 1."""
-    try:
-        wd = check_lr(wd)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(str(exc).replace("lr", "weight_decay", 1)) from None
+    wd = check_real(wd, "weight_decay", 0)
     if lr * wd >= 1:
         raise ValueError(f"lr * weight_decay must be < 1 (it scales W by "
                          f"1 - lr * weight_decay), got {lr * wd:g}")
@@ -104,7 +168,7 @@ def check_weight_decay(wd, lr):
 
 
 def check_mode(mode):
-    if mode not in ("batch", "online"):
+    if not isinstance(mode, str) or mode not in ("batch", "online"):
         raise ValueError(f"mode must be 'batch' or 'online', got {mode!r}")
     return mode
 

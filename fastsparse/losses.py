@@ -18,9 +18,9 @@ Per example, with target values ``y_k`` at indices ``j_k`` and
   ``mu = s/D``, ``sigma^2 = q/D - mu^2``, ``z = (a - mu)/sigma``,
   ``L = y softplus(alpha (beta - z)) / alpha``.
 """
-import numbers
-
 import numpy as np
+
+from ._validation import check_real
 
 __all__ = ["Loss", "SquaredError", "SphericalSoftmax", "TaylorSoftmax",
            "ZLoss", "CallableLoss", "get_loss"]
@@ -30,12 +30,7 @@ _SQUARED, _SPHERICAL, _TAYLOR, _ZLOSS = 0, 1, 2, 3
 
 
 def _positive(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
-    return value
+    return check_real(value, name, 0, open_low=True)
 
 
 class Loss:

@@ -36,13 +36,13 @@ Public names: :class:`FactoredOutput` (an ``nn.Module`` computing a
 built-in loss) and :func:`spherical_stats` (the differentiable statistics
 ``(a, q, s)``, for writing another loss of the spherical family in torch).
 """
-import numbers
 import weakref
 
 import numpy as np
 import torch
 
 from ._base import OutputLayerBase
+from ._validation import check_lr, check_weight_decay
 from .losses import CallableLoss
 
 __all__ = ["FactoredOutput", "spherical_stats"]
@@ -66,18 +66,11 @@ def _check_layer(layer):
 
 
 def _check_real(value, name, *, lr=None):
-    """A finite float >= 0 (with lr * value < 1 for the weight decay)."""
+    """lr (finite, >= 0), or the weight decay when ``lr`` is given (also
+    lr * value < 1); a one-element tensor is read as its value."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
-    if lr is not None and lr * value >= 1:
-        raise ValueError(f"lr * weight_decay must be < 1 (it scales W by "
-                         f"1 - lr * weight_decay), got {lr * value:g}")
-    return value
+    return check_lr(value) if lr is None else check_weight_decay(value, lr)
 
 
 def _check_cpu(t, name):

@@ -1,9 +1,10 @@
-"""Hardening: untrusted targets and loss callables are refused with a clear
-error before anything changes (and never crash the process).
+"""Hardening: untrusted targets, settings, arguments and loss callables are
+refused with a clear error before anything changes (and never crash the
+process).
 
 The cases that crashed the process before (out-of-range indices in a raw
-scipy.sparse matrix) run in a subprocess, so that a regression fails the
-test instead of killing the run.
+scipy.sparse matrix, huge ``online_block``) run in a subprocess, so that a
+regression fails the test instead of killing the run.
 """
 import threading
 
@@ -191,6 +192,155 @@ def test_int_and_tuple_targets_at_the_bounds(bad, form):
     assert _state(layer) == before
     idx = np.array([0, D - 1], dtype=np.uint64)           # the valid bounds
     layer.step(np.full((2, d), 0.1), idx if form == "int" else (idx[:, None], None), 0.1)
+
+
+# ---- settings ---------------------------------------------------------------
+ONLINE_BLOCK_CODE = r"""
+import numpy as np
+from fastsparse import FactoredOutputLayer
+layer = FactoredOutputLayer(50, 4, seed=0)
+for value in (2**31 - 1, 2**31 - 2, 2**31, 65537, 10**30):
+    try:
+        layer.online_block = value
+    except ValueError as exc:
+        assert "online_block must be <= 65536" in str(exc), exc
+    else:
+        raise AssertionError(f"online_block = {value} accepted")
+# what did kill the process (SIGFPE) when it was accepted
+layer.step(np.full((20, 4), 0.1, dtype=np.float32), np.arange(20), 0.1, mode="online")
+layer.online_block = 65536
+layer.step(np.full((20, 4), 0.1, dtype=np.float32), np.arange(20), 0.1, mode="online")
+print("ok")
+"""
+
+
+def test_online_block_range_is_validated(tmp_path):
+    proc = run_isolated(ONLINE_BLOCK_CODE, tmp_path)
+    assert_ran(proc)
+    assert "ok" in proc.stdout
+    layer = FactoredOutputLayer(50, 4, seed=0)
+    for value in (0, 1, 65536, np.int64(7)):
+        layer.online_block = value
+        assert layer.online_block == value and type(layer.online_block) is int
+
+
+@pytest.mark.parametrize("value,exc", [
+    (0, ValueError), (-1, ValueError), (float("nan"), ValueError), (1, ValueError),
+    (1.5, ValueError), (float("inf"), ValueError), ("0.1", TypeError),
+    (True, TypeError), (None, TypeError), (1j, TypeError)])
+def test_min_abs_r_is_validated(value, exc):
+    layer = _layer(FactoredOutputLayer)
+    assert layer.min_abs_r == 1e-3
+    with pytest.raises(exc, match="min_abs_r"):
+        layer.min_abs_r = value
+    assert layer.min_abs_r == 1e-3
+    layer.min_abs_r = np.float32(0.25)
+    assert layer.min_abs_r == 0.25 and type(layer.min_abs_r) is float
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+def test_weights_whose_gram_matrix_overflows_are_refused(cls):
+    with pytest.raises(ValueError, match=r"Gram matrix W\^T W overflows.*init_scale"):
+        cls(50, 4, dtype=np.float32, init_scale=1e20, seed=0)
+    with pytest.raises(ValueError, match=r"too large for float32: the Gram matrix"):
+        cls.from_weights(np.full((5, 2), 1e20, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"too large for float64: the Gram matrix"):
+        cls.from_weights(np.full((5, 2), 1e200))
+    with pytest.raises(ValueError, match=r"Gram matrix"):   # the bias counts too
+        cls.from_weights(np.ones((5, 2), dtype=np.float32),
+                         bias=np.full(5, 1e20, dtype=np.float32))
+    # just below the limit is fine
+    cls.from_weights(np.full((5, 2), 1e18, dtype=np.float32))
+    cls(50, 4, dtype=np.float32, init_scale=1e10, seed=0)
+
+
+# ---- constructor arguments -------------------------------------------------
+@pytest.mark.parametrize("cls", LAYERS)
+def test_constructor_arguments_are_validated(cls):
+    name = cls.__name__
+    with pytest.raises(TypeError, match="bias must be a bool or an array"):
+        cls(10, 3, bias="yes")
+    with pytest.raises(TypeError, match="n_outputs must be an integer, got a bool"):
+        cls(True, 3)
+    with pytest.raises(TypeError, match="n_hidden must be an integer, got a bool"):
+        cls(10, np.True_)
+    with pytest.raises(TypeError, match="bias must be a bool or a real array"):
+        cls.from_weights(np.ones((5, 2)), bias=np.ones(5) * (1 + 1j))
+    with pytest.raises(TypeError, match="bias must be a bool or a real array"):
+        cls.from_weights(np.ones((5, 2)), bias=np.array([None] * 5))
+    with pytest.raises(TypeError, match="track_sum must be a bool"):
+        cls(10, 3, track_sum="yes")
+    with pytest.raises(TypeError, match="copy must be a bool"):
+        cls.from_weights(np.ones((5, 2)), copy="no")
+    # an array bias in the constructor, as in from_weights
+    layer = cls(10, 3, bias=np.arange(10.0), dtype=np.float64, seed=1)
+    np.testing.assert_array_equal(layer.bias(), np.arange(10.0))
+    ref = cls(10, 3, dtype=np.float64, seed=1)
+    np.testing.assert_array_equal(layer.weights(), ref.weights())
+    # unknown keywords: named, with the valid ones, from the public class
+    with pytest.raises(TypeError, match=rf"^{name}\(\) got an unexpected keyword "
+                       r"argument 'sead'; valid keyword arguments: n_outputs, "
+                       r"n_hidden, dtype, seed, init_scale, loss, bias, track_sum"):
+        cls(10, 3, sead=1)
+    with pytest.raises(TypeError, match=rf"^{name}\.from_weights\(\) got an "
+                       r"unexpected keyword argument 'bais'; valid keyword "
+                       r"arguments: W, dtype, bias, loss, track_sum, copy"):
+        cls.from_weights(np.ones((5, 2)), bais=True)
+
+
+def test_stability_is_a_factored_keyword_only():
+    FactoredOutputLayer(10, 3, stability=False)
+    with pytest.raises(TypeError, match=r"NaiveOutputLayer\(\) got an unexpected "
+                       r"keyword argument 'stability'"):
+        NaiveOutputLayer(10, 3, stability=False)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+@pytest.mark.parametrize("cls", LAYERS)
+def test_np_matrix_weights(cls):
+    W = np.matrix(np.random.default_rng(0).standard_normal((10, 3)))
+    with pytest.raises(TypeError, match="copy=False needs W to be a NumPy array "
+                       r"\(numpy.ndarray or numpy.memmap.*got matrix"):
+        cls.from_weights(W, copy=False)
+    layer = cls.from_weights(W)                  # a copy is a plain array
+    layer.step(np.full((2, 3), 0.1), np.array([1, 2]), 0.1)
+    assert type(layer.weights()) is np.ndarray
+
+
+# ---- errors name the public class -----------------------------------------
+@pytest.mark.parametrize("cls", LAYERS)
+def test_argument_errors_name_the_public_class(cls):
+    layer = cls(10, 3, dtype=np.float64, seed=0)
+    H, t = np.full((2, 3), 0.1), np.array([1, 2])
+    name = cls.__name__
+    calls = [
+        (lambda: layer.step(H, t, 0.1, "online"), rf"{name}\.step\(\) takes 4 positional"),
+        (lambda: layer.loss_and_grad(H, t, 0.1), rf"{name}\.loss_and_grad\(\) takes"),
+        (lambda: layer.outputs(), rf"{name}\.outputs\(\) missing 1 required"),
+        (lambda: layer.topk(H), rf"{name}\.topk\(\) missing"),
+        (lambda: layer.save(), rf"{name}\.save\(\) missing"),
+        (lambda: layer.export_weights(), rf"{name}\.export_weights\(\) missing"),
+        (lambda: layer.backward(H, t), rf"{name}\.backward\(\) missing"),
+        (lambda: cls(10, 3, np.float32), rf"{name}\.__init__\(\) takes 3 positional"),
+        (lambda: cls.from_weights(np.ones((2, 2)), None, True),
+         rf"{name}\.from_weights\(\) takes from 2 to 3 positional"),
+        (lambda: cls.load(), rf"{name}\.load\(\) missing"),
+        (lambda: layer.step(H, t, 0.1, modes="online"),
+         rf"{name}\.step\(\) got an unexpected keyword argument 'modes'"),
+    ]
+    for call, pattern in calls:
+        with pytest.raises(TypeError, match=pattern) as info:
+            call()
+        assert "OutputLayerBase" not in str(info.value)
+    assert cls.step.__qualname__ == f"{name}.step"
+    assert cls.step.__doc__ and cls.from_weights.__doc__
+
+
+def test_mode_must_be_a_string():
+    layer = _layer(FactoredOutputLayer)
+    for mode in (None, 1, np.array(["batch"]), b"batch"):
+        with pytest.raises(ValueError, match="mode must be 'batch' or 'online'"):
+            layer.step(np.full((2, d), 0.1), np.array([1, 2]), 0.1, mode=mode)
 
 
 # ---- callable losses -------------------------------------------------------
