@@ -39,7 +39,14 @@ built-in loss) and :func:`spherical_stats` (the differentiable statistics
 import weakref
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError as _exc:
+    raise ModuleNotFoundError(
+        "fastsparse.torch needs PyTorch, which could not be imported "
+        f"({_exc}). Install it with the torch extra: "
+        'pip install "fastsparse[torch]"', name="torch") from _exc
 
 from ._base import OutputLayerBase
 from ._validation import check_lr, check_weight_decay

@@ -6,6 +6,7 @@ The cases that crashed the process before (out-of-range indices in a raw
 scipy.sparse matrix, huge ``online_block``) run in a subprocess, so that a
 regression fails the test instead of killing the run.
 """
+import re
 import threading
 
 import numpy as np
@@ -451,3 +452,24 @@ def test_other_threads_still_wait_for_the_lock():
     main.join(10)
     t.join(10)
     assert isinstance(results[0], np.ndarray)
+
+
+# ---- fastsparse.torch without torch ----------------------------------------
+def test_import_fastsparse_torch_without_torch_names_the_extra(tmp_path):
+    code = r"""
+    import sys
+    sys.modules["torch"] = None          # torch made unimportable
+    try:
+        import fastsparse.torch
+    except ModuleNotFoundError as exc:
+        assert exc.name == "torch", exc.name
+        print(exc)
+    else:
+        raise AssertionError("imported")
+    import fastsparse                    # the rest still works
+    fastsparse.FactoredOutputLayer(10, 3)
+    """
+    proc = run_isolated(code, tmp_path)
+    assert_ran(proc)
+    assert re.search(r'fastsparse\.torch needs PyTorch.*pip install "fastsparse\[torch\]"',
+                     proc.stdout), proc.stdout
