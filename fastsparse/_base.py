@@ -268,15 +268,30 @@ class OutputLayerBase:
 
         The file (a NumPy ``.npz`` archive, no pickle) holds every state
         array, the configuration (loss and its parameters, bias, dtype) and,
-        for the factored layer, the numerical-health control's knobs,
-        counters and estimates, with a digest of every array.  It is written
-        to a temporary file and renamed over ``path``: a crash mid-save
-        leaves a previous file at ``path`` intact.  A callable loss is not
-        saved (pass it again to :meth:`load`).
+        for the factored layer, its settings (``min_abs_r``,
+        ``online_block``, ``single_thread_blas``) and the numerical-health
+        control's knobs, counters and estimates, with a digest of every
+        array.  It is written to a temporary file in the same directory,
+        fsynced and renamed over ``path``, and the directory is fsynced: a
+        crash, a kill or a full disk mid-save leaves a previous file at
+        ``path`` intact (an error removes the temporary file; a later save
+        removes those left by killed processes).  The file keeps the mode
+        of the file it replaces (a new one gets the umask's).  A callable
+        loss is not saved (pass it again to :meth:`load`).
 
         Parameters
         ----------
         path : str or os.PathLike
+            A file name (a symbolic link: the file it points to is
+            replaced).
+
+        Raises
+        ------
+        ValueError
+            An empty path, or one naming something else than a regular file
+            (IsADirectoryError, an OSError, for a directory).
+        OSError
+            If writing fails (e.g. a full disk); ``path`` is then unchanged.
         """
         meta = {"dtype": self.dtype.name, "n_outputs": self.n_outputs,
                 "n_hidden": self.n_hidden, "has_bias": self.has_bias,
@@ -289,6 +304,11 @@ class OutputLayerBase:
     def load(cls, path, *, loss=None):
         """A layer with the exact state saved by :meth:`save`.
 
+        Nothing in the file is trusted: its structure, metadata, array
+        headers, sizes, digests and the consistency of the state are checked
+        before the layer is built, and the memory used is bounded by the
+        sizes the metadata declares, checked against the file's own.
+
         Parameters
         ----------
         path : str or os.PathLike
@@ -297,17 +317,27 @@ class OutputLayerBase:
 
         Raises
         ------
-        ValueError
-            If the file is not a checkpoint of this class, is truncated or
-            corrupted (digest mismatch), or its state is inconsistent.
+        fastsparse.CheckpointError
+            (a ValueError) If the file is not a regular file, not a
+            checkpoint of this class, is truncated, corrupted (zip CRC or
+            digest mismatch), or declares or holds an invalid or
+            inconsistent state.
+        FileNotFoundError, PermissionError
+            If ``path`` does not exist or cannot be read.
         """
         meta, arrays = _checkpoint.load(cls, path)
+        path = os.fspath(path)
         self = cls.__new__(cls)
         self._configure(meta["n_outputs"], meta["n_hidden"], meta["dtype"],
-                        _checkpoint.loss_from_dict(meta["loss"], loss),
+                        _checkpoint.loss_from_dict(path, meta.get("loss"), loss),
                         meta["has_bias"], meta["track_sum"])
-        self._restore_checkpoint(os.fspath(path), meta, arrays)
+        self._restore_checkpoint(path, meta, arrays)
         return self
+
+    @classmethod
+    def _checkpoint_shapes(cls, n_outputs, n_hidden, has_bias, track_sum):
+        """Name -> shape of the arrays a checkpoint of this class holds."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ API
     @compute
@@ -541,18 +571,21 @@ class OutputLayerBase:
         ``numpy.load(path, mmap_mode="r")``).  The bias, if any, is
         :meth:`bias`.
 
+        Written like :meth:`save`: ordinary writes to a temporary file in the
+        same directory, fsync, rename.  A full disk raises OSError and leaves
+        neither a partial nor a temporary file (and an existing ``path``
+        unchanged).
+
         Parameters
         ----------
         path : str or os.PathLike
         """
-        out = np.lib.format.open_memmap(os.fspath(path), mode="w+",
-                                        dtype=self.dtype,
-                                        shape=(self.n_outputs, self.n_hidden))
-        for start in range(0, self.n_outputs, _CHUNK_ROWS):
-            sl = slice(start, min(start + _CHUNK_ROWS, self.n_outputs))
-            out[sl] = self._weight_rows(sl)
-        out.flush()
-        del out
+        def chunks():
+            for start in range(0, self.n_outputs, _CHUNK_ROWS):
+                yield self._weight_rows(slice(start, min(start + _CHUNK_ROWS,
+                                                         self.n_outputs)))
+        _checkpoint.write_npy(path, self.dtype, (self.n_outputs, self.n_hidden),
+                              chunks())
 
     # ------------------------------------------------------------- helpers
     def _check_rows_input(self, H, rows):

@@ -2,8 +2,9 @@
 
 import numpy as np
 
-from . import _checkpoint, _core
+from . import _core
 from ._base import _CHUNK_ROWS, _COMMON_PARAMS_DOC, OutputLayerBase
+from ._errors import CheckpointError
 from ._health import StabilityControl
 from ._threads import compute, locked
 from ._validation import check_bool, check_int, check_real
@@ -298,29 +299,39 @@ class FactoredOutputLayer(OutputLayerBase):
 
     # -------------------------------------------------------- checkpoints
     def _checkpoint_meta(self):
-        return {"min_abs_r": self.min_abs_r, "stability": self._health.state()}
+        return {"min_abs_r": self.min_abs_r, "online_block": self.online_block,
+                "single_thread_blas": self.single_thread_blas,
+                "stability": self._health.state()}
 
     def _checkpoint_arrays(self):
         return {"V": self._V, "U": self._U, "Uinv": self._Uinv, "M": self._M,
                 "omega": self._omega, "sv": self._sv}
 
+    @classmethod
+    def _checkpoint_shapes(cls, n_outputs, n_hidden, has_bias, track_sum):
+        d = n_hidden + has_bias
+        ds = d if track_sum else 0
+        return {"V": (n_outputs, d), "U": (d, d), "Uinv": (d, d), "M": (d, d),
+                "omega": (ds,), "sv": (ds,)}
+
     def _restore_checkpoint(self, path, meta, arrays):
         d = self.n_hidden + self.has_bias
-        ds = d if self.track_sum else 0
-        _checkpoint.check_shapes(path, arrays, {
-            "V": (self.n_outputs, d), "U": (d, d), "Uinv": (d, d), "M": (d, d),
-            "omega": (ds,), "sv": (ds,)})
-        U = arrays["U"].astype(np.float64)
-        err = np.abs(U @ arrays["Uinv"].astype(np.float64) - np.eye(d)).max()
-        tol = 1e-2 if self.dtype == np.float32 else 1e-6
-        if not err < tol:
-            raise ValueError(f"{path}: inconsistent state: U times its saved "
-                             f"inverse is {err:.3g} away from the identity")
+        _check_consistency(path, arrays, self.dtype)
+        for name, value in (("min_abs_r", meta.get("min_abs_r")),
+                            # absent from files written before they were saved
+                            ("online_block", meta.get("online_block",
+                                                      _core.ONLINE_BLOCK)),
+                            ("single_thread_blas", meta.get("single_thread_blas",
+                                                            True))):
+            try:
+                setattr(self, name, value)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"{path}: invalid metadata {name!r}: "
+                                      f"{exc}") from None
+        self._health = _health_from_state(path, self.dtype, meta.get("stability"), d)
         for name in ("V", "U", "Uinv", "M", "omega", "sv"):
             setattr(self, "_" + name, np.ascontiguousarray(arrays[name]))
-        self.min_abs_r = float(meta["min_abs_r"])
         self._params = self.loss.params
-        self._health = StabilityControl.from_state(self.dtype, meta["stability"])
 
     # ------------------------------------------------------------- health
     @compute
@@ -447,3 +458,88 @@ def _column_sums(V):
     """1^T V accumulated in float64 (then cast)."""
     return V.sum(axis=0, dtype=np.float64).astype(V.dtype)
 
+
+def _check_consistency(path, arrays, dtype):
+    """Refuse a saved factored state that does not hold together: U times
+    its saved inverse must be I, M must be V^T V (checked on a few random
+    probes x, ``x^T M x`` against ``||V x||^2``, O(D d)) and sv the column
+    sums of V, each within a tolerance derived from the dtype that
+    legitimate rounding drift stays far below."""
+    V, U, Uinv, M, sv = (arrays[k] for k in ("V", "U", "Uinv", "M", "sv"))
+    d = U.shape[0]
+    eps = float(np.finfo(dtype).eps)
+    err = np.abs(U.astype(np.float64) @ Uinv.astype(np.float64) - np.eye(d)).max()
+    tol = 1e-2 if dtype == np.float32 else 1e-6
+    if not err < tol:
+        raise CheckpointError(f"{path}: inconsistent state: U times its saved "
+                              f"inverse is {err:.3g} away from the identity")
+    tol = 8 * np.sqrt(eps)
+    # M: only its upper triangle is kept (fastsparse/_core.pyx)
+    upper = np.triu(M.astype(np.float64))
+    Mf = upper + np.triu(upper, 1).T
+    X = np.random.default_rng().standard_normal((d, 4))
+    VX2 = np.zeros(X.shape[1])
+    colsum = np.zeros(d)
+    abssum = np.zeros(d)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, V.shape[0], _CHUNK_ROWS):
+            Vc = V[start:start + _CHUNK_ROWS].astype(np.float64)
+            VX2 += ((Vc @ X) ** 2).sum(axis=0)
+            if sv.size:
+                colsum += Vc.sum(axis=0)
+                abssum += np.abs(Vc).sum(axis=0)
+        XMX = np.einsum("ik,ij,jk->k", X, Mf, X)
+        scale = VX2 + np.abs(np.trace(Mf)) * (X * X).sum(axis=0) / d
+        err = (np.abs(XMX - VX2) / np.where(scale > 0, scale, 1.0)).max()
+    if not err <= tol:
+        raise CheckpointError(f"{path}: inconsistent state: M is not V^T V "
+                              f"(relative difference {err:.3g} on random probes, "
+                              f"tolerance {tol:.3g})")
+    if sv.size:
+        err = (np.abs(sv - colsum) / np.where(abssum > 0, abssum, 1.0)).max()
+        if not err <= tol:
+            raise CheckpointError(f"{path}: inconsistent state: sv is not the "
+                                  f"column sums of V (relative difference "
+                                  f"{err:.3g})")
+
+
+def _health_from_state(path, dtype, state, d):
+    """The numerical-health control saved in a checkpoint, its record
+    checked (types, ranges, vector lengths) before it is used."""
+    def bad(what):
+        return CheckpointError(f"{path}: invalid metadata 'stability': {what}")
+
+    def real(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not isinstance(state, dict) or not all(
+            isinstance(state.get(k), dict)
+            for k in ("knobs", "counters", "estimates", "vectors")):
+        raise bad("expected a record with knobs, counters, estimates and vectors")
+    knobs, counters = state["knobs"], state["counters"]
+    if set(knobs) != set(StabilityControl._KNOBS) or not all(
+            v is None or isinstance(v, bool) or (real(v) and np.isfinite(v)
+                                                 and abs(v) < 2 ** 62)
+            for v in knobs.values()):
+        raise bad(f"knobs {knobs!r}")
+    for key, v in counters.items():
+        ok = (all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2 ** 62
+                  for n in v.values()) if isinstance(v, dict)
+              else real(v) and np.isfinite(v) and 0 <= v < 2 ** 62)
+        if not ok:
+            raise bad(f"counter {key!r} = {v!r}")
+    if not (isinstance(counters.get("interval", 1), int)
+            and counters.get("interval", 1) >= 1):
+        raise bad(f"check interval {counters.get('interval')!r}")
+    if not all(real(v) for v in state["estimates"].values()):
+        raise bad(f"estimates {state['estimates']!r}")
+    vecs = list(state["vectors"].values())
+    if not (all(v is None for v in vecs) or all(
+            isinstance(v, list) and len(v) == d
+            and all(real(x) and np.isfinite(x) for x in v) for v in vecs)):
+        raise bad(f"the power-iteration vectors must all be None or all be "
+                  f"lists of {d} finite numbers")
+    try:
+        return StabilityControl.from_state(dtype, state)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        raise bad(f"{type(exc).__name__}: {exc}") from None
