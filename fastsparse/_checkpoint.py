@@ -190,8 +190,9 @@ def atomic_write(path, write):
                  | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         try:
-            if st is not None:          # keep the replaced file's owner and mode
-                if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+            if st is not None and hasattr(os, "fchmod"):  # keep owner and mode
+                if hasattr(os, "fchown") and \
+                        (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
                     try:
                         os.fchown(fd, st.st_uid, st.st_gid)
                     except OSError:

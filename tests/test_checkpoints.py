@@ -433,6 +433,18 @@ def test_file_mode_is_kept(how, tmp_path):
     assert link.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o444
 
 
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="only root can give a file to another user")
+@pytest.mark.parametrize("how", ["save", "export_weights"])
+def test_file_owner_is_kept(how, tmp_path):
+    write = _writers(_trained())[how]
+    path = tmp_path / "out"
+    write(path)
+    os.chown(path, 12345, 23456)
+    write(path)
+    assert (path.stat().st_uid, path.stat().st_gid) == (12345, 23456)
+
+
 @pytest.mark.parametrize("how", ["save", "export_weights"])
 def test_fsync_of_file_then_rename_then_directory(how, tmp_path, monkeypatch):
     write = _writers(_trained())[how]
