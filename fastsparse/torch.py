@@ -49,7 +49,7 @@ except ImportError as _exc:
         'pip install "fastsparse[torch]"', name="torch") from _exc
 
 from ._base import OutputLayerBase
-from ._validation import check_lr, check_weight_decay
+from ._validation import check_index_matrix, check_lr, check_weight_decay
 from .losses import CallableLoss
 
 __all__ = ["FactoredOutput", "spherical_stats"]
@@ -123,19 +123,8 @@ def _check_indices(indices, m, n_outputs, name):
         if indices.dtype.is_floating_point or indices.dtype.is_complex or \
                 indices.dtype == torch.bool:
             raise TypeError(f"{name} must be an integer tensor, got {indices.dtype}")
-        arr = indices.detach().numpy()
-    else:
-        arr = np.asarray(indices)
-        if not np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
-            raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
-    if arr.ndim != 2 or arr.shape[0] != m:
-        raise ValueError(f"{name} must have shape (m, K) = ({m}, K), got "
-                         f"{arr.shape}")
-    if arr.size and (arr.min() < 0 or arr.max() >= n_outputs):
-        bad = arr[(arr < 0) | (arr >= n_outputs)].flat[0]
-        raise IndexError(f"{name}: index {int(bad)} is out of range "
-                         f"[0, {n_outputs})")
-    return np.array(arr, dtype=np.int64, order="C", copy=True)
+        indices = indices.detach().numpy()
+    return np.array(check_index_matrix(indices, m, n_outputs, name), copy=True)
 
 
 # ------------------------------------------------------- autograd function
