@@ -9,17 +9,20 @@ subclasses implement the computations on trusted input:
   -> grad_H
 * ``_outputs(H, rows)``, ``weights()``, ``bias()``
 """
+import inspect
 import os
 import threading
+import types
 
 import numpy as np
 
 from . import _checkpoint
 from ._threads import compute, locked
-from .losses import get_loss
-from ._validation import (check_dtype, check_hidden, check_index_matrix,
-                          check_lr, check_mode, check_rows, check_size,
-                          check_vector, check_weight_decay, parse_targets)
+from .losses import CallableLoss, get_loss
+from ._validation import (check_bias, check_dtype, check_hidden,
+                          check_index_matrix, check_lr, check_mode, check_real,
+                          check_rows, check_size, check_vector,
+                          check_weight_decay, parse_targets)
 
 # Rows of V (or W) processed at once by the chunked dense computations
 # (weights(), outputs() over all rows): bounds their temporary memory.
@@ -33,8 +36,9 @@ _COMMON_PARAMS_DOC = """
         callable ``f(a, q, s, values) -> (loss, grad_a, grad_q, grad_s)``
         vectorised over the minibatch (minibatch mode only), see
         :class:`fastsparse.losses.CallableLoss`.
-    bias : bool, default False
-        Add an output bias: ``o = W h + b`` (b starts at 0).
+    bias : bool or array_like of shape (n_outputs,), default False
+        Add an output bias: ``o = W h + b`` (b starts at 0, or at the
+        given real values).
     track_sum : bool, optional
         Keep what s = sum(o) needs (the shift omega and the column sums of
         W, d numbers each).  Default: only when the loss uses s (taylor,
@@ -44,15 +48,36 @@ _COMMON_PARAMS_DOC = """
 
 def random_weights(n_outputs, n_hidden, dtype, seed, init_scale):
     """The initial weights both layers draw for the same arguments."""
+    init_scale = (1.0 / np.sqrt(n_hidden) if init_scale is None
+                  else check_real(init_scale, "init_scale", 0))
     rng = np.random.default_rng(seed)
-    if init_scale is None:
-        init_scale = 1.0 / np.sqrt(n_hidden)
-    init_scale = float(init_scale)
-    if not np.isfinite(init_scale) or init_scale < 0:
-        raise ValueError(f"init_scale must be finite and >= 0, got {init_scale}")
     W = rng.standard_normal((n_outputs, n_hidden), dtype=dtype)
-    W *= dtype.type(init_scale)
+    with np.errstate(over="ignore"):
+        W *= dtype.type(init_scale)
     return W
+
+
+def check_weights(W, b, what="W", hint=""):
+    """Refuse weights (and bias) that are not finite or whose Gram matrix
+    ``W^T W`` (kept by the factored layer as ``M = V^T V``, and behind
+    ``q = ||W h||^2``) overflows their dtype.  O(D d), in chunks of rows."""
+    big = np.finfo(W.dtype).max
+    sq = np.zeros(W.shape[1])
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, W.shape[0], _CHUNK_ROWS):   # no D x d temporary
+            Wc = W[start:start + _CHUNK_ROWS]
+            if not np.isfinite(Wc).all():
+                raise ValueError(f"{what} contains non-finite values (NaN or Inf)"
+                                 f"{hint}")
+            sq += np.einsum("ij,ij->j", Wc, Wc, dtype=np.float64)
+        if b is not None:
+            sq = np.append(sq, np.dot(b.astype(np.float64), b))
+    worst = sq.max() if sq.size else 0.0
+    if not worst <= big:
+        raise ValueError(
+            f"{what} is too large for {W.dtype.name}: the Gram matrix W^T W "
+            f"overflows the dtype (largest diagonal entry {worst:.3g} > "
+            f"{big:.3g}); scale the weights down (or use float64){hint}")
 
 
 def check_initial_weights(W, dtype, bias, copy=True):
@@ -63,44 +88,56 @@ def check_initial_weights(W, dtype, bias, copy=True):
     e.g. a writable ``numpy.memmap``); b None without bias, zeros for
     ``bias=True``.
     """
-    arr = W if not copy and isinstance(W, np.ndarray) else np.asarray(W)
+    if not copy and not (type(W) is np.ndarray or isinstance(W, np.memmap)):
+        raise TypeError(f"copy=False needs W to be a NumPy array (numpy.ndarray "
+                        f"or numpy.memmap, not a subclass such as np.matrix), "
+                        f"got {type(W).__name__}")
+    arr = W if not copy else np.asarray(W)
     if dtype is None:
         if arr.dtype not in (np.float32, np.float64):
             raise TypeError(f"W must be a float32 or float64 array (or pass "
                             f"dtype=), got dtype {arr.dtype}")
         dtype = arr.dtype
     dtype = check_dtype(dtype)
-    if not (np.issubdtype(arr.dtype, np.floating)
-            or np.issubdtype(arr.dtype, np.integer)):
+    if arr.dtype.kind not in "iuf":
         raise TypeError(f"W must be a real array, got dtype {arr.dtype}")
     if arr.ndim != 2:
         raise ValueError(f"W must have shape (n_outputs, n_hidden), got shape {arr.shape}")
     check_size(arr.shape[0], "n_outputs")
     check_size(arr.shape[1], "n_hidden")
     if copy:
-        W = np.array(arr, dtype=dtype, order="C", copy=True)
+        with np.errstate(over="ignore"):
+            W = np.array(arr, dtype=dtype, order="C", copy=True)
     else:
-        if not isinstance(W, np.ndarray) or W.dtype != dtype:
+        if W.dtype != dtype:
             raise TypeError(f"copy=False needs W to be a NumPy array of dtype "
                             f"{dtype.name} (e.g. a numpy.memmap), got "
                             f"{type(W).__name__} of dtype {arr.dtype}")
-        if not (W.flags.c_contiguous and W.flags.writeable):
+        if not (W.flags.c_contiguous and W.flags.writeable and W.flags.aligned):
             raise ValueError("copy=False needs W to be C-contiguous and writable "
                              "(the layer trains it in place)")
-    for start in range(0, W.shape[0], _CHUNK_ROWS):   # no D x d temporary
-        if not np.isfinite(W[start:start + _CHUNK_ROWS]).all():
-            raise ValueError("W contains non-finite values (NaN or Inf)")
-    if bias is None or bias is False:
-        return W, None
-    if bias is True:
-        return W, np.zeros(W.shape[0], dtype=dtype)
-    b = np.array(bias, dtype=dtype, copy=True)
-    if b.shape != (W.shape[0],):
-        raise ValueError(f"bias must have shape (n_outputs,) = ({W.shape[0]},), "
-                         f"got {b.shape}")
-    if not np.isfinite(b).all():
-        raise ValueError("bias contains non-finite values (NaN or Inf)")
+    b = check_bias(bias, W.shape[0], dtype)
+    check_weights(W, b)
     return W, b
+
+
+def _public_copy(func, qualname):
+    """A copy of ``func`` (undoing and redoing a fastsparse._threads
+    decorator) whose qualified name, the one Python's argument errors show,
+    is ``qualname``."""
+    deco = getattr(func, "_fastsparse_decorator", None)
+    if deco is not None:
+        return deco(_public_copy(func.__wrapped__, qualname))
+    code = func.__code__
+    if hasattr(code, "co_qualname"):
+        code = code.replace(co_qualname=qualname)
+    new = types.FunctionType(code, func.__globals__, func.__name__,
+                             func.__defaults__, func.__closure__)
+    new.__kwdefaults__ = func.__kwdefaults__
+    new.__dict__.update(func.__dict__)
+    new.__doc__, new.__module__ = func.__doc__, func.__module__
+    new.__qualname__ = qualname
+    return new
 
 
 class OutputLayerBase:
@@ -113,17 +150,38 @@ class OutputLayerBase:
     _single_thread_blas = False
     #: whether the bias is stored as one more column of the weights array
     _bias_in_V = False
+    #: keyword options of the constructor and from_weights passed to _setup
+    _OPTIONS = ()
+    #: name of the public method running on this layer (fastsparse._threads)
+    _in_call = None
+
+    def __init_subclass__(cls, **kwargs):
+        # The shared methods are defined here, in a private class: give each
+        # public class its own copies named after it, so that Python's own
+        # argument errors ("step() takes 4 positional arguments ...") name
+        # the class the user called.
+        super().__init_subclass__(**kwargs)
+        for name, attr in vars(OutputLayerBase).items():
+            if name in vars(cls) or (name.startswith("_") and name != "__init__"):
+                continue
+            if isinstance(attr, classmethod):
+                setattr(cls, name, classmethod(
+                    _public_copy(attr.__func__, f"{cls.__name__}.{name}")))
+            elif isinstance(attr, types.FunctionType):
+                setattr(cls, name, _public_copy(attr, f"{cls.__name__}.{name}"))
 
     # ------------------------------------------------------- construction
     def __init__(self, n_outputs, n_hidden, *, dtype=np.float32, seed=None,
                  init_scale=None, loss="squared", bias=False, track_sum=None,
                  **options):
+        self._check_options(options, "__init__")
         dtype = check_dtype(dtype)
         n_outputs = check_size(n_outputs, "n_outputs")
         n_hidden = check_size(n_hidden, "n_hidden")
         loss, track_sum = self._check_config(loss, track_sum)
+        b = check_bias(bias, n_outputs, dtype)
         W = random_weights(n_outputs, n_hidden, dtype, seed, init_scale)
-        b = np.zeros(n_outputs, dtype=dtype) if bias else None
+        check_weights(W, b, "W", f" (init_scale = {init_scale!r} is too large)")
         self._setup(W, b, loss, track_sum, **options)
 
     @classmethod
@@ -150,7 +208,11 @@ class OutputLayerBase:
             and the rare renormalisations pass over all of it).  Not with a
             bias in the factored layer (it needs one more column).
         """
-        if not copy and bias is not None and bias is not False and cls._bias_in_V:
+        cls._check_options(options, "from_weights")
+        if not isinstance(copy, (bool, np.bool_)):
+            raise TypeError(f"copy must be a bool, got {type(copy).__name__}")
+        if not copy and cls._bias_in_V and not (
+                bias is None or (isinstance(bias, (bool, np.bool_)) and not bias)):
             raise ValueError("copy=False cannot be combined with a bias in the "
                              "factored layer (the bias is one more column of V)")
         W, b = check_initial_weights(W, dtype, bias, copy)
@@ -158,6 +220,20 @@ class OutputLayerBase:
         self = cls.__new__(cls)
         self._setup(W, b, loss, track_sum, **options)
         return self
+
+    @classmethod
+    def _check_options(cls, options, method):
+        """Refuse unknown keyword arguments, naming them and the valid ones."""
+        unknown = [k for k in options if k not in cls._OPTIONS]
+        if unknown:
+            params = inspect.signature(getattr(OutputLayerBase, method)).parameters
+            valid = [p.name for p in params.values()
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                     and p.name not in ("self", "cls")] + list(cls._OPTIONS)
+            where = cls.__name__ + ("" if method == "__init__" else "." + method)
+            raise TypeError(f"{where}() got an unexpected keyword argument "
+                            f"{unknown[0]!r}; valid keyword arguments: "
+                            f"{', '.join(valid)}")
 
     @staticmethod
     def _check_config(loss, track_sum):
@@ -179,6 +255,8 @@ class OutputLayerBase:
         self._lock = threading.RLock()   # see fastsparse._threads
         self.n_outputs, self.n_hidden = n_outputs, n_hidden
         self.dtype = np.dtype(dtype)
+        if isinstance(loss, CallableLoss):   # checks its results for this dtype
+            loss = loss.for_dtype(self.dtype)
         self.loss = loss
         self.has_bias = has_bias
         self.track_sum = track_sum
@@ -190,15 +268,30 @@ class OutputLayerBase:
 
         The file (a NumPy ``.npz`` archive, no pickle) holds every state
         array, the configuration (loss and its parameters, bias, dtype) and,
-        for the factored layer, the numerical-health control's knobs,
-        counters and estimates, with a digest of every array.  It is written
-        to a temporary file and renamed over ``path``: a crash mid-save
-        leaves a previous file at ``path`` intact.  A callable loss is not
-        saved (pass it again to :meth:`load`).
+        for the factored layer, its settings (``min_abs_r``,
+        ``online_block``, ``single_thread_blas``) and the numerical-health
+        control's knobs, counters and estimates, with a digest of every
+        array.  It is written to a temporary file in the same directory,
+        fsynced and renamed over ``path``, and the directory is fsynced: a
+        crash, a kill or a full disk mid-save leaves a previous file at
+        ``path`` intact (an error removes the temporary file; a later save
+        removes those left by killed processes).  The file keeps the mode
+        of the file it replaces (a new one gets the umask's).  A callable
+        loss is not saved (pass it again to :meth:`load`).
 
         Parameters
         ----------
         path : str or os.PathLike
+            A file name (a symbolic link: the file it points to is
+            replaced).
+
+        Raises
+        ------
+        ValueError
+            An empty path, or one naming something else than a regular file
+            (IsADirectoryError, an OSError, for a directory).
+        OSError
+            If writing fails (e.g. a full disk); ``path`` is then unchanged.
         """
         meta = {"dtype": self.dtype.name, "n_outputs": self.n_outputs,
                 "n_hidden": self.n_hidden, "has_bias": self.has_bias,
@@ -211,6 +304,11 @@ class OutputLayerBase:
     def load(cls, path, *, loss=None):
         """A layer with the exact state saved by :meth:`save`.
 
+        Nothing in the file is trusted: its structure, metadata, array
+        headers, sizes, digests and the consistency of the state are checked
+        before the layer is built, and the memory used is bounded by the
+        sizes the metadata declares, checked against the file's own.
+
         Parameters
         ----------
         path : str or os.PathLike
@@ -219,17 +317,27 @@ class OutputLayerBase:
 
         Raises
         ------
-        ValueError
-            If the file is not a checkpoint of this class, is truncated or
-            corrupted (digest mismatch), or its state is inconsistent.
+        fastsparse.CheckpointError
+            (a ValueError) If the file is not a regular file, not a
+            checkpoint of this class, is truncated, corrupted (zip CRC or
+            digest mismatch), or declares or holds an invalid or
+            inconsistent state.
+        FileNotFoundError, PermissionError
+            If ``path`` does not exist or cannot be read.
         """
         meta, arrays = _checkpoint.load(cls, path)
+        path = os.fspath(path)
         self = cls.__new__(cls)
         self._configure(meta["n_outputs"], meta["n_hidden"], meta["dtype"],
-                        _checkpoint.loss_from_dict(meta["loss"], loss),
+                        _checkpoint.loss_from_dict(path, meta.get("loss"), loss),
                         meta["has_bias"], meta["track_sum"])
-        self._restore_checkpoint(os.fspath(path), meta, arrays)
+        self._restore_checkpoint(path, meta, arrays)
         return self
+
+    @classmethod
+    def _checkpoint_shapes(cls, n_outputs, n_hidden, has_bias, track_sum):
+        """Name -> shape of the arrays a checkpoint of this class holds."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ API
     @compute
@@ -463,18 +571,21 @@ class OutputLayerBase:
         ``numpy.load(path, mmap_mode="r")``).  The bias, if any, is
         :meth:`bias`.
 
+        Written like :meth:`save`: ordinary writes to a temporary file in the
+        same directory, fsync, rename.  A full disk raises OSError and leaves
+        neither a partial nor a temporary file (and an existing ``path``
+        unchanged).
+
         Parameters
         ----------
         path : str or os.PathLike
         """
-        out = np.lib.format.open_memmap(os.fspath(path), mode="w+",
-                                        dtype=self.dtype,
-                                        shape=(self.n_outputs, self.n_hidden))
-        for start in range(0, self.n_outputs, _CHUNK_ROWS):
-            sl = slice(start, min(start + _CHUNK_ROWS, self.n_outputs))
-            out[sl] = self._weight_rows(sl)
-        out.flush()
-        del out
+        def chunks():
+            for start in range(0, self.n_outputs, _CHUNK_ROWS):
+                yield self._weight_rows(slice(start, min(start + _CHUNK_ROWS,
+                                                         self.n_outputs)))
+        _checkpoint.write_npy(path, self.dtype, (self.n_outputs, self.n_hidden),
+                              chunks())
 
     # ------------------------------------------------------------- helpers
     def _check_rows_input(self, H, rows):

@@ -1,16 +1,19 @@
 """The factored output layer: exact SGD in O(d^2 + K d) per example."""
-import numbers
 
 import numpy as np
 
-from . import _checkpoint, _core
+from . import _core
 from ._base import _CHUNK_ROWS, _COMMON_PARAMS_DOC, OutputLayerBase
-from ._errors import StepRefusedError
+from ._errors import CheckpointError, StepRefusedError
 from ._health import StabilityControl
 from ._threads import compute, locked, single_thread
+from ._validation import check_bool, check_int, check_real
 
 _S = _core.fs_status
 _EMPTY = np.zeros(0)
+
+#: largest accepted ``online_block`` (examples per block of the online kernel)
+MAX_ONLINE_BLOCK = 65536
 
 
 class FactoredOutputLayer(OutputLayerBase):
@@ -63,9 +66,11 @@ class FactoredOutputLayer(OutputLayerBase):
         factor is applied to V directly, in one pass over V (O(D d)),
         instead of making U (nearly) singular; no step is refused for a
         small r, r = 0 included, as the dense layer refuses none.
-        ``0 < min_abs_r < 1``, default 0.5.
+        A finite float with ``0 < min_abs_r < 1`` (validated on
+        assignment); default 0.5.
     online_block : int
-        Examples per block of the online kernel (default 64).  The online
+        Examples per block of the online kernel (default 64), an integer
+        with ``0 <= online_block <= 65536`` (validated on assignment).  The online
         mode applies the exact per-example updates in order; within a block
         it computes them with delayed updates, so that the d x d state is
         rewritten once per block with BLAS-3 calls instead of once per
@@ -91,6 +96,7 @@ class FactoredOutputLayer(OutputLayerBase):
     _online_block = _core.ONLINE_BLOCK
     _single_thread = True
     _bias_in_V = True
+    _OPTIONS = ("stability",)
 
     @property
     def online_block(self):
@@ -98,10 +104,11 @@ class FactoredOutputLayer(OutputLayerBase):
 
     @online_block.setter
     def online_block(self, value):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
-                or value < 0:
-            raise ValueError(f"online_block must be an integer >= 0, got {value!r}")
-        self._online_block = int(value)
+        try:
+            self._online_block = check_int(value, "online_block", 0,
+                                           MAX_ONLINE_BLOCK)
+        except TypeError as exc:     # a ValueError for any bad value, as always
+            raise ValueError(str(exc)) from None
 
     @property
     def single_thread_blas(self):
@@ -109,9 +116,7 @@ class FactoredOutputLayer(OutputLayerBase):
 
     @single_thread_blas.setter
     def single_thread_blas(self, value):
-        if not isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"single_thread_blas must be a bool, got {value!r}")
-        self._single_thread = bool(value)
+        self._single_thread = check_bool(value, "single_thread_blas")
 
     @property
     def _single_thread_blas(self):          # read by _threads.compute
@@ -123,8 +128,8 @@ class FactoredOutputLayer(OutputLayerBase):
 
     @min_abs_r.setter
     def min_abs_r(self, value):
-        from ._health import _real
-        self._health.min_abs_r = _real(value, "min_abs_r", low=0.0, high=1.0)
+        self._health.min_abs_r = check_real(value, "min_abs_r", 0, 1,
+                                            open_low=True, open_high=True)
 
     def _setup(self, W, b, loss, track_sum, stability=None):
         super()._setup(W, b, loss, track_sum)
@@ -315,30 +320,43 @@ class FactoredOutputLayer(OutputLayerBase):
 
     # -------------------------------------------------------- checkpoints
     def _checkpoint_meta(self):
-        return {"stability": self._health.state()}
+        return {"online_block": self.online_block,
+                "single_thread_blas": self.single_thread_blas,
+                "stability": self._health.state()}
 
     def _checkpoint_arrays(self):
         return {"V": self._V, "U": self._U, "Uinv": self._Uinv, "M": self._M,
                 "omega": self._omega, "sv": self._sv}
 
+    @classmethod
+    def _checkpoint_shapes(cls, n_outputs, n_hidden, has_bias, track_sum):
+        d = n_hidden + has_bias
+        ds = d if track_sum else 0
+        return {"V": (n_outputs, d), "U": (d, d), "Uinv": (d, d), "M": (d, d),
+                "omega": (ds,), "sv": (ds,)}
+
     def _restore_checkpoint(self, path, meta, arrays):
-        d = self.n_hidden + self.has_bias
-        ds = d if self.track_sum else 0
-        _checkpoint.check_shapes(path, arrays, {
-            "V": (self.n_outputs, d), "U": (d, d), "Uinv": (d, d), "M": (d, d),
-            "omega": (ds,), "sv": (ds,)})
-        U = arrays["U"].astype(np.float64)
-        err = np.abs(U @ arrays["Uinv"].astype(np.float64) - np.eye(d)).max()
-        tol = 1e-2 if self.dtype == np.float32 else 1e-6
-        if not err < tol:
-            raise ValueError(f"{path}: inconsistent state: U times its saved "
-                             f"inverse is {err:.3g} away from the identity")
+        _check_consistency(path, arrays, self.dtype)
+        if "min_abs_r" in meta:      # files of the first release
+            try:
+                check_real(meta["min_abs_r"], "min_abs_r", 0, 1, open_low=True,
+                           open_high=True)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"{path}: invalid metadata 'min_abs_r': "
+                                      f"{exc}") from None
         for name in ("V", "U", "Uinv", "M", "omega", "sv"):
             setattr(self, "_" + name, np.ascontiguousarray(arrays[name]))
         self._params = self.loss.params
-        stability = dict(meta["stability"])
-        stability.setdefault("knobs", {}).setdefault("min_abs_r", meta.get("min_abs_r", 0.5))
-        self._health = StabilityControl.from_state(self.dtype, stability, self)
+        self._health = _health_from_state(path, self.dtype, meta.get("stability"),
+                                          self)
+        for name, value in (  # absent from files written before they were saved
+                ("online_block", meta.get("online_block", _core.ONLINE_BLOCK)),
+                ("single_thread_blas", meta.get("single_thread_blas", True))):
+            try:
+                setattr(self, name, value)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"{path}: invalid metadata {name!r}: "
+                                      f"{exc}") from None
 
     # ------------------------------------------------------------- health
     @compute
@@ -399,3 +417,107 @@ def _gram(V):
 def _column_sums(V):
     """1^T V accumulated in float64 (then cast)."""
     return V.sum(axis=0, dtype=np.float64).astype(V.dtype)
+
+
+def _check_consistency(path, arrays, dtype):
+    """Refuse a saved factored state that does not hold together: U times
+    its saved inverse must be I, M must be V^T V (checked on a few random
+    probes x, ``x^T M x`` against ``||V x||^2``, O(D d)) and sv the column
+    sums of V, each within a tolerance derived from the dtype that
+    legitimate rounding drift stays far below."""
+    V, U, Uinv, M, sv = (arrays[k] for k in ("V", "U", "Uinv", "M", "sv"))
+    d = U.shape[0]
+    eps = float(np.finfo(dtype).eps)
+    err = np.abs(U.astype(np.float64) @ Uinv.astype(np.float64) - np.eye(d)).max()
+    tol = 1e-2 if dtype == np.float32 else 1e-6
+    if not err < tol:
+        raise CheckpointError(f"{path}: inconsistent state: U times its saved "
+                              f"inverse is {err:.3g} away from the identity")
+    tol = 8 * np.sqrt(eps)
+    # M: only its upper triangle is kept (fastsparse/_core.pyx)
+    upper = np.triu(M.astype(np.float64))
+    Mf = upper + np.triu(upper, 1).T
+    X = np.random.default_rng().standard_normal((d, 4))
+    VX2 = np.zeros(X.shape[1])
+    colsum = np.zeros(d)
+    abssum = np.zeros(d)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, V.shape[0], _CHUNK_ROWS):
+            Vc = V[start:start + _CHUNK_ROWS].astype(np.float64)
+            VX2 += ((Vc @ X) ** 2).sum(axis=0)
+            if sv.size:
+                colsum += Vc.sum(axis=0)
+                abssum += np.abs(Vc).sum(axis=0)
+        XMX = np.einsum("ik,ij,jk->k", X, Mf, X)
+        scale = VX2 + np.abs(np.trace(Mf)) * (X * X).sum(axis=0) / d
+        err = (np.abs(XMX - VX2) / np.where(scale > 0, scale, 1.0)).max()
+    if not err <= tol:
+        raise CheckpointError(f"{path}: inconsistent state: M is not V^T V "
+                              f"(relative difference {err:.3g} on random probes, "
+                              f"tolerance {tol:.3g})")
+    if sv.size:
+        err = (np.abs(sv - colsum) / np.where(abssum > 0, abssum, 1.0)).max()
+        if not err <= tol:
+            raise CheckpointError(f"{path}: inconsistent state: sv is not the "
+                                  f"column sums of V (relative difference "
+                                  f"{err:.3g})")
+
+
+def _health_from_state(path, dtype, state, layer):
+    """The numerical-health control saved in a checkpoint, its record
+    checked (types, ranges, vector shapes) before it is used."""
+    d = layer._U.shape[0]
+
+    def bad(what):
+        return CheckpointError(f"{path}: invalid metadata 'stability': {what}")
+
+    def real(v):
+        return (isinstance(v, (int, float)) and not isinstance(v, bool)
+                and np.isfinite(v) and abs(v) < 2.0 ** 1000)
+
+    def vector(v, shape):
+        try:
+            arr = np.array(v, dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):
+            return False
+        return arr.shape == shape and bool(np.isfinite(arr).all())
+
+    if not isinstance(state, dict) or not all(
+            isinstance(state.get(k, {}), dict)
+            for k in ("knobs", "counters", "estimates", "vectors", "bounds")):
+        raise bad("expected a record of knobs, counters, estimates, bounds "
+                  "and vectors")
+    knobs = state.get("knobs", {})
+    # every knob of format 1 is written; min_abs_r joined later (top-level
+    # in older files, whose meaning then was a refusal threshold: the
+    # default replaces it)
+    required = set(StabilityControl._KNOBS) - {"min_abs_r"}
+    if not required <= set(knobs) <= set(StabilityControl._KNOBS) or not all(
+            isinstance(v, bool) or real(v) for v in knobs.values()):
+        raise bad(f"knobs {knobs!r}")
+    for key, v in state.get("counters", {}).items():
+        ok = (all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 2 ** 62
+                  for n in v.values()) if isinstance(v, dict)
+              else real(v) and v >= 0)
+        if not ok:
+            raise bad(f"counter {key!r} = {v!r}")
+    interval = state.get("counters", {}).get("interval", 1)   # older files
+    if not (isinstance(interval, int) and interval >= 1):
+        raise bad(f"check interval {interval!r}")
+    if not all(real(v) for v in state.get("estimates", {}).values()):
+        raise bad(f"estimates {state['estimates']!r}")
+    if not all(real(v) and v > 0 for v in state.get("bounds", {}).values()):
+        raise bad(f"bounds {state['bounds']!r}")
+    vecs = state.get("vectors", {})
+    X = vecs.get("X")
+    singles = [v for k, v in vecs.items() if k != "X"]
+    kw = len(X[0]) if isinstance(X, list) and X and isinstance(X[0], list) else -1
+    if not (all(v is None for v in vecs.values()) or (
+            all(vector(v, (d,)) for v in singles)
+            and (X is None and "X" not in vecs or vector(X, (d, kw))))):
+        raise bad(f"the power-iteration vectors must all be None or all be "
+                  f"lists of {d} finite numbers")
+    try:
+        return StabilityControl.from_state(dtype, state, layer)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        raise bad(f"{type(exc).__name__}: {exc}") from None

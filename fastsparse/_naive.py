@@ -2,8 +2,8 @@
 import numpy as np
 from scipy.linalg import blas
 
-from . import _checkpoint
-from ._base import _COMMON_PARAMS_DOC, OutputLayerBase
+from ._base import _COMMON_PARAMS_DOC, OutputLayerBase, check_weights
+from ._errors import CheckpointError
 from ._threads import locked
 from .losses import SquaredError
 
@@ -48,14 +48,20 @@ class NaiveOutputLayer(OutputLayerBase):
             out["b"] = self._b
         return out
 
+    @classmethod
+    def _checkpoint_shapes(cls, n_outputs, n_hidden, has_bias, track_sum):
+        shapes = {"W": (n_outputs, n_hidden)}
+        if has_bias:
+            shapes["b"] = (n_outputs,)
+        return shapes
+
     def _restore_checkpoint(self, path, meta, arrays):
-        shapes = {"W": (self.n_outputs, self.n_hidden)}
-        if self.has_bias:
-            shapes["b"] = (self.n_outputs,)
-        _checkpoint.check_shapes(path, arrays, shapes)
-        self._setup(np.ascontiguousarray(arrays["W"]),
-                    np.ascontiguousarray(arrays["b"]) if self.has_bias else None,
-                    self.loss, self.track_sum)
+        W, b = arrays["W"], arrays.get("b")
+        try:
+            check_weights(W, b)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        self._setup(W, b, self.loss, self.track_sum)
 
     @locked
     def weights(self):

@@ -19,6 +19,10 @@
   configured threads.
 * A warning is issued once when more layer calls run at once than there
   are cores: they would time-share the cores (oversubscription).
+* A layer cannot be used from inside one of its own calls (a loss callable
+  calling ``step()`` on its layer would interleave two updates): the lock
+  is re-entrant, so such a call would not block; it raises RuntimeError.
+  Other threads simply wait for the lock, as before.
 """
 import functools
 import os
@@ -99,28 +103,57 @@ def single_thread():
     return _blas_controller().limit(limits=1)
 
 
+def _reentry_error(layer, name):
+    return RuntimeError(
+        f"{type(layer).__name__}.{name}() was called from inside a call of "
+        f"the same layer ({type(layer).__name__}.{layer._in_call}(), e.g. by "
+        "its loss callable): a layer cannot be used from within its own "
+        "call. Nothing was changed by this call.")
+
+
 def compute(method):
     """Decorator of the layers' compute methods: the layer's lock and, for
     layers whose ``_single_thread_blas`` is true (small d x d calls),
-    BLAS limited to one thread for the duration of the call."""
+    BLAS limited to one thread for the duration of the call.  A call made
+    from inside a call of the same layer by the same thread (the lock is
+    re-entrant), e.g. by a loss callable, raises RuntimeError."""
+    name = method.__name__
+
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         with self._lock:
-            if not self._single_thread_blas:
-                return method(self, *args, **kwargs)
-            _enter()
+            if self._in_call:
+                raise _reentry_error(self, name)
+            self._in_call = name
             try:
-                return method(self, *args, **kwargs)
+                if not self._single_thread_blas:
+                    return method(self, *args, **kwargs)
+                _enter()
+                try:
+                    return method(self, *args, **kwargs)
+                finally:
+                    _exit()
             finally:
-                _exit()
+                self._in_call = None
+    wrapper._fastsparse_decorator = compute
     return wrapper
 
 
 def locked(method):
     """Decorator of methods that read or write the state without the small
-    BLAS calls (e.g. dense O(D d^2) products): the layer's lock only."""
+    BLAS calls (e.g. dense O(D d^2) products): the layer's lock only (and
+    the same refusal of re-entrant calls as :func:`compute`)."""
+    name = method.__name__
+
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         with self._lock:
-            return method(self, *args, **kwargs)
+            if self._in_call:
+                raise _reentry_error(self, name)
+            self._in_call = name
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._in_call = None
+    wrapper._fastsparse_decorator = locked
     return wrapper

@@ -18,9 +18,9 @@ Per example, with target values ``y_k`` at indices ``j_k`` and
   ``mu = s/D``, ``sigma^2 = q/D - mu^2``, ``z = (a - mu)/sigma``,
   ``L = y softplus(alpha (beta - z)) / alpha``.
 """
-import numbers
-
 import numpy as np
+
+from ._validation import check_real
 
 __all__ = ["Loss", "SquaredError", "SphericalSoftmax", "TaylorSoftmax",
            "ZLoss", "CallableLoss", "get_loss"]
@@ -30,12 +30,7 @@ _SQUARED, _SPHERICAL, _TAYLOR, _ZLOSS = 0, 1, 2, 3
 
 
 def _positive(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not (np.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
-    return value
+    return check_real(value, name, 0, open_low=True)
 
 
 class Loss:
@@ -209,17 +204,30 @@ class CallableLoss(Loss):
     (every example must have the same number K of distinct targets), ``q``
     and ``s`` shape (m,); it returns per-example losses (m,), dL/da (m, K),
     dL/dq (m,) and dL/ds (m,).  Minibatch mode only.
+
+    What it returns is checked before the layer uses it: a tuple of four
+    arrays of those shapes, of real numbers (not complex, object or bool),
+    finite, and still finite once cast to the layer's dtype (``dtype``);
+    a failed check raises a ValueError or TypeError that names the callable,
+    and the layer is left unchanged.  It must not call its own layer (that
+    raises RuntimeError).
     """
 
     name = "callable"
     uses_s = True
     online = False
 
-    def __init__(self, func):
+    def __init__(self, func, dtype=np.float64):
         if not callable(func):
             raise TypeError(f"loss must be a name, a Loss or a callable, got "
                             f"{type(func).__name__}")
         self.func = func
+        self.dtype = np.dtype(dtype)
+
+    def for_dtype(self, dtype):
+        """This loss, checking its results against a layer of ``dtype``."""
+        dtype = np.dtype(dtype)
+        return self if dtype == self.dtype else CallableLoss(self.func, dtype)
 
     def check_targets(self, targets):
         K = np.diff(targets.indptr)
@@ -236,17 +244,28 @@ class CallableLoss(Loss):
             raise ValueError("the loss callable must return a tuple "
                              "(loss, grad_a, grad_q, grad_s), got "
                              f"{type(out).__name__}")
-        L, ga, gq, gs = out
         res = []
-        for name, val, shape in (("loss", L, (m,)), ("grad_a", ga, (m, K)),
-                                 ("grad_q", gq, (m,)), ("grad_s", gs, (m,))):
-            arr = np.asarray(val, dtype=np.float64)
+        for name, val, shape in zip(("loss", "grad_a", "grad_q", "grad_s"), out,
+                                    ((m,), (m, K), (m,), (m,))):
+            arr = np.asarray(val)
+            if arr.dtype.kind not in "iuf":
+                raise TypeError(f"the loss callable returned {name} of dtype "
+                                f"{arr.dtype}; it must return real numbers "
+                                "(float or int arrays)")
+            arr = arr.astype(np.float64)
             if arr.shape != shape:
                 raise ValueError(f"the loss callable returned {name} of shape "
                                  f"{arr.shape}, expected {shape}")
             if not np.isfinite(arr).all():
                 raise ValueError(f"the loss callable returned a non-finite "
                                  f"{name}")
+            with np.errstate(over="ignore"):
+                cast = arr.astype(self.dtype)
+            if not np.isfinite(cast).all():
+                raise ValueError(f"the loss callable returned {name} with values "
+                                 f"that overflow the layer's dtype "
+                                 f"{self.dtype.name} (largest magnitude "
+                                 f"{np.abs(arr).max():.3g})")
             res.append(arr)
         return tuple(res)
 

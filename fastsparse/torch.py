@@ -36,13 +36,20 @@ Public names: :class:`FactoredOutput` (an ``nn.Module`` computing a
 built-in loss) and :func:`spherical_stats` (the differentiable statistics
 ``(a, q, s)``, for writing another loss of the spherical family in torch).
 """
-import numbers
 import weakref
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError as _exc:
+    raise ModuleNotFoundError(
+        "fastsparse.torch needs PyTorch, which could not be imported "
+        f"({_exc}). Install it with the torch extra: "
+        'pip install "fastsparse[torch]"', name="torch") from _exc
 
 from ._base import OutputLayerBase
+from ._validation import check_index_matrix, check_lr, check_weight_decay
 from .losses import CallableLoss
 
 __all__ = ["FactoredOutput", "spherical_stats"]
@@ -66,18 +73,11 @@ def _check_layer(layer):
 
 
 def _check_real(value, name, *, lr=None):
-    """A finite float >= 0 (with lr * value < 1 for the weight decay)."""
+    """lr (finite, >= 0), or the weight decay when ``lr`` is given (also
+    lr * value < 1); a one-element tensor is read as its value."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be finite and >= 0, got {value}")
-    if lr is not None and lr * value >= 1:
-        raise ValueError(f"lr * weight_decay must be < 1 (it scales W by "
-                         f"1 - lr * weight_decay), got {lr * value:g}")
-    return value
+    return check_lr(value) if lr is None else check_weight_decay(value, lr)
 
 
 def _check_cpu(t, name):
@@ -123,19 +123,8 @@ def _check_indices(indices, m, n_outputs, name):
         if indices.dtype.is_floating_point or indices.dtype.is_complex or \
                 indices.dtype == torch.bool:
             raise TypeError(f"{name} must be an integer tensor, got {indices.dtype}")
-        arr = indices.detach().numpy()
-    else:
-        arr = np.asarray(indices)
-        if not np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_:
-            raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
-    if arr.ndim != 2 or arr.shape[0] != m:
-        raise ValueError(f"{name} must have shape (m, K) = ({m}, K), got "
-                         f"{arr.shape}")
-    if arr.size and (arr.min() < 0 or arr.max() >= n_outputs):
-        bad = arr[(arr < 0) | (arr >= n_outputs)].flat[0]
-        raise IndexError(f"{name}: index {int(bad)} is out of range "
-                         f"[0, {n_outputs})")
-    return np.array(arr, dtype=np.int64, order="C", copy=True)
+        indices = indices.detach().numpy()
+    return np.array(check_index_matrix(indices, m, n_outputs, name), copy=True)
 
 
 # ------------------------------------------------------- autograd function

@@ -141,7 +141,7 @@ def test_weight_decay_alone_is_exact_scaling():
 
 def test_weight_decay_validation():
     f = FactoredOutputLayer(10, 3)
-    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+    with pytest.raises(ValueError, match="weight_decay must be finite and >= 0, got -1.0"):
         f.step(np.ones((1, 3)), np.array([1]), 0.1, weight_decay=-1)
     with pytest.raises(ValueError, match=r"lr \* weight_decay must be < 1"):
         f.step(np.ones((1, 3)), np.array([1]), 0.5, weight_decay=2)

@@ -51,7 +51,7 @@ BAD_CALLS = [
     (GOOD_H, sp.csr_array((2, D + 1)), 0.1, "batch", ValueError, r"sparse matrix must have shape"),
     (GOOD_H, sp.csr_array(([np.nan], ([0], [3])), shape=(2, D)), 0.1, "batch", ValueError, r"non-finite"),
     (GOOD_H, "abc", 0.1, "batch", TypeError, r"targets must be"),
-    (GOOD_H, GOOD_T, -0.1, "batch", ValueError, r"lr must be >= 0"),
+    (GOOD_H, GOOD_T, -0.1, "batch", ValueError, r"lr must be finite and >= 0, got -0.1"),
     (GOOD_H, GOOD_T, np.nan, "batch", ValueError, r"lr must be finite"),
     (GOOD_H, GOOD_T, "0.1", "batch", TypeError, r"lr must be a real number"),
     (GOOD_H, GOOD_T, 0.1, "sgd", ValueError, r"mode must be 'batch' or 'online'"),
