@@ -88,7 +88,7 @@ cdef extern from "fs_kernels.h" nogil:
     fs_blas_table fs_blas
     enum: FS_ONLINE_DEFAULT_BLOCK
     ctypedef struct fs_control:
-        double lr, wd, split, cond_limit, norm_limit
+        double lr, wd, split, cond_limit, scale_limit, norm_limit
         double smax2, sinv2, mnorm
         ptrdiff_t done, bad, n_split
         double min_factor
@@ -181,6 +181,7 @@ cdef class Control:
         self.c.lr = self.c.wd = 0.0
         self.c.split = split
         self.c.cond_limit = cond_limit
+        self.c.scale_limit = 0.0
         self.c.norm_limit = norm_limit
         self.c.smax2 = smax2
         self.c.sinv2 = sinv2
@@ -200,6 +201,9 @@ cdef class Control:
     property cond_limit:
         def __get__(self): return self.c.cond_limit
         def __set__(self, double v): self.c.cond_limit = v
+    property scale_limit:
+        def __get__(self): return self.c.scale_limit
+        def __set__(self, double v): self.c.scale_limit = v
     property norm_limit:
         def __get__(self): return self.c.norm_limit
     property smax2:

@@ -70,9 +70,11 @@ class StabilityControl:
     inverse_every : int, default 100000
         Recompute the inverse at least this often (examples); 0: never on
         schedule.
-    scale_exp : int, default 32
-        U is rescaled (by a power of two, exactly) when its largest
-        singular value leaves ``[2^-scale_exp, 2^scale_exp]``.
+    scale_exp : int, default 16
+        U is rescaled (by a power of two, exactly) to a largest singular
+        value near 1 when a bound says that value, or ``1 / sigma_min``, may
+        have left ``[2^-scale_exp, 2^scale_exp]`` (weight decay shrinks U at
+        every update).  8 <= scale_exp <= 120.
     max_renorms : int, default 2
         Renormalisations tried in one check before falling back to a full
         re-factorisation.
@@ -87,7 +89,7 @@ class StabilityControl:
 
     def __init__(self, dtype, *, enabled=True, max_cond=8.0, min_abs_r=0.5,
                  check_every=256, inverse_tol=None, inverse_every=100_000,
-                 scale_exp=32, max_renorms=2, max_lift=16):
+                 scale_exp=16, max_renorms=2, max_lift=16):
         dtype = np.dtype(dtype)
         eps = float(np.finfo(dtype).eps)
         self.dtype = dtype
@@ -103,6 +105,8 @@ class StabilityControl:
         self.inverse_every = _positive_int(inverse_every, "inverse_every",
                                            allow_zero=True)
         self.scale_exp = _positive_int(scale_exp, "scale_exp")
+        if not 8 <= self.scale_exp <= 120:
+            raise ValueError(f"scale_exp must be in [8, 120], got {scale_exp!r}")
         self.max_renorms = _positive_int(max_renorms, "max_renorms", allow_zero=True)
         self.max_lift = _positive_int(max_lift, "max_lift")
         self.steps = 0
@@ -133,8 +137,16 @@ class StabilityControl:
         ctl = self.ctl
         ctl.set_rates(lr, wd)
         ctl.split = self.min_abs_r
-        ctl.cond_limit = self.max_cond if self.enabled and lr > 0 else 0.0
+        on = self.enabled and lr > 0
+        ctl.cond_limit = self.max_cond if on else 0.0
+        ctl.scale_limit = 2.0 ** self.scale_exp if on else 0.0
         return ctl
+
+    def _due(self, ctl):
+        """Whether the kernels' bounds ask for a check (cond or scale)."""
+        lim = 4.0 ** self.scale_exp
+        return (ctl.smax2 * ctl.sinv2 > self.max_cond ** 2
+                or ctl.smax2 > lim or ctl.sinv2 > lim)
 
     # ------------------------------------------------------------ schedule
     def after_examples(self, layer, n, ctl):
@@ -148,7 +160,7 @@ class StabilityControl:
         self.counts["near_singular_updates"] += ctl.n_split
         self.min_factor = min(self.min_factor, ctl.min_factor)
         if self.enabled and (self._since_check >= self.check_every
-                             or ctl.smax2 * ctl.sinv2 > self.max_cond ** 2):
+                             or self._due(ctl)):
             self.check(layer)
 
     # --------------------------------------------------------------- check
@@ -160,10 +172,16 @@ class StabilityControl:
             self.counts["checks"] += 1
             _check_finite(layer)
             est = self._estimate(layer, iterations=2, store=True)
+            # renormalise from max_cond / 2 on (hysteresis: the bounds then
+            # restart with room below max_cond instead of stopping the
+            # kernels again a few examples later); re-factorise only if the
+            # bound itself is still exceeded after max_renorms attempts
             renorms = 0
-            while est["cond"] > self.max_cond:
+            while est["cond"] > self.max_cond / 2:
                 if renorms == self.max_renorms:
-                    self.refactorize(layer)
+                    if est["cond"] > self.max_cond:
+                        self.refactorize(layer)
+                        est = self._estimate(layer, iterations=2, store=True)
                     break
                 self._renormalize(layer, est)
                 renorms += 1
@@ -174,8 +192,10 @@ class StabilityControl:
             if (renorms or est["inverse_error"] > self.inverse_tol
                     or (self.inverse_every and self._since_inverse >= self.inverse_every)):
                 self.refresh_inverse(layer)
-            smax = est["sigma_max"]
-            if not 2.0 ** -self.scale_exp <= smax <= 2.0 ** self.scale_exp:
+            # back to sigma_max ~ 1 well inside the range whose bounds stop
+            # the kernels (2^scale_exp), so that they do not stop again at once
+            inner = 2.0 ** (self.scale_exp - 4)
+            if not 1.0 / inner <= est["sigma_max"] <= inner:
                 self._rescale(layer, est)
             self._set_bounds(layer, est)
         finally:

@@ -1,8 +1,8 @@
 """Losses of the spherical family: functions of the outputs o only through
 ``a = o[targets]``, ``q = ||o||^2`` and ``s = sum(o)``.
 
-The factored layer is exact for every such loss (ALGORITHM.md, "The
-spherical family").  Built-in losses are evaluated inside the compiled core
+The factored layer is exact for every such loss (docs/algorithm.md §2 and
+§7).  Built-in losses are evaluated inside the compiled core
 (so online mode stays one call without the GIL); the NumPy implementations
 here serve the naive layer, user callables and the tests.
 
@@ -25,8 +25,12 @@ from ._validation import check_real
 __all__ = ["Loss", "SquaredError", "SphericalSoftmax", "TaylorSoftmax",
            "ZLoss", "CallableLoss", "get_loss"]
 
-# ids shared with fastsparse/_core.pyx (LossKind)
-_SQUARED, _SPHERICAL, _TAYLOR, _ZLOSS = 0, 1, 2, 3
+from ._core import fs_loss_kind as _kind
+
+# the compiled implementations' ids (src_c/fs_loss.h)
+_SQUARED, _SPHERICAL, _TAYLOR, _ZLOSS = (
+    int(_kind.FS_LOSS_SQUARED), int(_kind.FS_LOSS_SPHERICAL),
+    int(_kind.FS_LOSS_TAYLOR), int(_kind.FS_LOSS_ZLOSS))
 
 
 def _positive(value, name):

@@ -32,6 +32,8 @@ typedef struct {
                                factor to V directly instead (§4) */
     double cond_limit;      /* online: stop with FS_CHECK once the bound on
                                cond(U) exceeds it (0: never) */
+    double scale_limit;     /* online: ... or once the bound on sigma_max(U)
+                               or on ||Uinv|| exceeds it (0: never) */
     double norm_limit;      /* refuse with FS_OVERFLOW an update after which
                                a bound on the state's entries exceeds it */
     /* in/out: upper bounds that every update keeps valid (§5) */

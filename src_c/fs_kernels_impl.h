@@ -172,6 +172,7 @@ int F(fs_online)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
     const double lr = rho != 1.0 ? ctl->lr / rho : ctl->lr;
     const double Dn = (double)D, lim = ctl->norm_limit;
     const double cond2 = ctl->cond_limit * ctl->cond_limit;
+    const double scale2 = ctl->scale_limit * ctl->scale_limit;
     ptrdiff_t k = block < 1 ? 1 : block, kmax = 1;
     int status = FS_OK;
     ctl->done = 0;
@@ -426,7 +427,8 @@ int F(fs_online)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
             b.alpha[i] = split ? 0.0 : c / s_i;
             b.sc[i] = split ? 0.0 : s_i * c;
             b.sig[i + 1] = rho * s_i;
-            if (cond2 > 0 && smax2 * sinv2 > cond2 && gi + 1 < m) {
+            if (gi + 1 < m && ((cond2 > 0 && smax2 * sinv2 > cond2)
+                               || (scale2 > 0 && (smax2 > scale2 || sinv2 > scale2)))) {
                 status = FS_CHECK;      /* stop after this example */
                 break;
             }

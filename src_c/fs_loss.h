@@ -1,8 +1,8 @@
 /* Losses of the spherical family, evaluated inside the kernels of
  * fs_kernels.c: each is a function of the outputs at the
- * targets a (K values), q = ||o||^2 and s = sum(o) (ALGORITHM.md, "Losses to
- * provide").  Also the status codes every kernel returns (the Cython enum
- * fastsparse._core.Status has the same values). */
+ * targets a (K values), q = ||o||^2 and s = sum(o) (docs/algorithm.md §7).
+ * Also the status codes every kernel returns (exported to Python as the
+ * enum fastsparse._core.fs_status). */
 #ifndef FS_LOSS_H
 #define FS_LOSS_H
 
@@ -18,7 +18,7 @@ enum fs_status {         /* fastsparse._core.Status has the same values */
     FS_CHECK = 6        /* stopped early: a health check is due (online) */
 };
 
-enum fs_loss_kind {     /* ids shared with fastsparse/losses.py */
+enum fs_loss_kind {     /* exported as fastsparse._core.fs_loss_kind */
     FS_LOSS_SQUARED = 0,
     FS_LOSS_SPHERICAL = 1,
     FS_LOSS_TAYLOR = 2,
