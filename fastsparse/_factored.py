@@ -6,7 +6,8 @@ from . import _core
 from ._base import _CHUNK_ROWS, _COMMON_PARAMS_DOC, OutputLayerBase
 from ._errors import CheckpointError, StepRefusedError
 from ._health import StabilityControl
-from ._threads import compute, locked, single_thread
+from ._state import FactoredState
+from ._threads import compute, locked
 from ._validation import check_bool, check_int, check_real
 
 _S = _core.fs_status
@@ -47,8 +48,9 @@ class FactoredOutputLayer(OutputLayerBase):
     """ + _COMMON_PARAMS_DOC + """    stability : None, bool or dict
         The automatic numerical-health control (on by default): ``False``
         disables its checks and corrections, a dict sets its knobs:
-        ``max_cond`` (default 8: the bound on the condition number of U,
-        which amplifies the rounding of every later write to V),
+        ``max_cond`` (default 8 in float32, 4 in float64: the bound on the
+        condition number of U, which amplifies the rounding of every later
+        write to V),
         ``min_abs_r`` (default 0.5, see below), ``check_every``,
         ``inverse_tol``, ``inverse_every``, ``scale_exp``, ``max_renorms``,
         ``max_lift``.  See :meth:`health` and :meth:`refresh`.
@@ -94,7 +96,7 @@ class FactoredOutputLayer(OutputLayerBase):
     """
 
     _online_block = _core.ONLINE_BLOCK
-    _single_thread = True
+    _single_thread_blas = True      # read by fastsparse._threads.compute
     _bias_in_V = True
     _OPTIONS = ("stability",)
 
@@ -112,15 +114,11 @@ class FactoredOutputLayer(OutputLayerBase):
 
     @property
     def single_thread_blas(self):
-        return self._single_thread
+        return self._single_thread_blas
 
     @single_thread_blas.setter
     def single_thread_blas(self, value):
-        self._single_thread = check_bool(value, "single_thread_blas")
-
-    @property
-    def _single_thread_blas(self):          # read by _threads.compute
-        return self._single_thread
+        self._single_thread_blas = check_bool(value, "single_thread_blas")
 
     @property
     def min_abs_r(self):
@@ -142,24 +140,17 @@ class FactoredOutputLayer(OutputLayerBase):
                             f"got {type(stability).__name__}")
         self._health = StabilityControl(W.dtype, **stability)
         V = W if b is None else np.ascontiguousarray(np.column_stack([W, b]))
-        d = V.shape[1]
-        self._V = V
-        self._U = np.eye(d, dtype=self.dtype)
-        self._Uinv = np.eye(d, dtype=self.dtype)
-        self._M = _gram(V)
         # omega and sv (the column sums of V) only when s is tracked
-        self._omega = np.zeros(d if track_sum else 0, dtype=self.dtype)
-        self._sv = (_column_sums(V) if track_sum
-                    else np.zeros(0, dtype=self.dtype))
+        self._st = FactoredState.from_weights(V, track_sum)
         self._params = self.loss.params
-        self._health.start(self)
+        self._health.start(self._st)
 
     # -------------------------------------------------------------- state
     def _weight_rows(self, rows):
         """Rows of W (without the bias column): V[rows] U (+ omega)."""
-        W = self._V[rows] @ self._U
-        if self._omega.size:
-            W += self._omega
+        W = self._st.V[rows] @ self._st.U
+        if self._st.omega.size:
+            W += self._st.omega
         return W[:, :self.n_hidden] if self.has_bias else W
 
     @locked
@@ -183,9 +174,9 @@ class FactoredOutputLayer(OutputLayerBase):
         """
         if not self.has_bias:
             return None
-        b = self._V @ self._U[:, -1]
-        if self._omega.size:
-            b += self._omega[-1]
+        b = self._st.V @ self._st.U[:, -1]
+        if self._st.omega.size:
+            b += self._st.omega[-1]
         return b
 
     def _augment(self, H):
@@ -197,20 +188,18 @@ class FactoredOutputLayer(OutputLayerBase):
 
     def _outputs(self, H, rows):
         H = self._augment(H)
-        HU = H @ self._U.T                       # rows of (U h)^T
-        shift = (H @ self._omega)[:, None] if self._omega.size else 0
+        HU = H @ self._st.U.T                       # rows of (U h)^T
+        shift = (H @ self._st.omega)[:, None] if self._st.omega.size else 0
         if rows is not None:
-            return HU @ self._V[rows].T + shift
+            return HU @ self._st.V[rows].T + shift
         out = np.empty((H.shape[0], self.n_outputs), dtype=self.dtype)
         for start in range(0, self.n_outputs, _CHUNK_ROWS):
             sl = slice(start, start + _CHUNK_ROWS)
-            np.matmul(HU, self._V[sl].T, out=out[:, sl])
+            np.matmul(HU, self._st.V[sl].T, out=out[:, sl])
         out += shift
         return out
 
     # ------------------------------------------------------------ compute
-    def _state(self):
-        return (self._V, self._U, self._Uinv, self._M, self._omega, self._sv)
 
     def _forward(self, H, indptr, indices):
         Ha = self._augment(H)
@@ -219,7 +208,8 @@ class FactoredOutputLayer(OutputLayerBase):
         q = np.empty(m)
         s = np.empty(m)
         if m:
-            _core.forward(self._V, self._U, self._M, self._omega, self._sv,
+            st = self._st
+            _core.forward(st.V, st.U, st.M, st.omega, st.sv,
                           Ha, indptr, indices, a, q, s)
         return a, q, s
 
@@ -246,13 +236,13 @@ class FactoredOutputLayer(OutputLayerBase):
         start = 0
         while start < m:
             part = tg.slice(start, m)
-            status = _core.online_step(*self._state(), Ha[start:], part.indptr,
+            status = _core.online_step(*self._st.arrays(), Ha[start:], part.indptr,
                                        part.indices, part.values, self.loss.kind,
                                        self._params, self._online_block, ctl,
                                        loss[start:], grad[start:])
             done = ctl.done
             if lr > 0:
-                self._health.after_examples(self, done, ctl)
+                self._health.after_examples(self._st, done, ctl)
             if status not in (_S.FS_OK, _S.FS_CHECK):
                 self._raise_status(status, start + ctl.bad, start + done)
             start += done
@@ -268,13 +258,13 @@ class FactoredOutputLayer(OutputLayerBase):
         else:
             (ga, gq, gs), kind, values = given, 0, tg.values
             out = np.zeros(0, dtype=self.dtype)
-        status = _core.batch_step(*self._state(), Ha, tg.indptr, tg.indices,
+        status = _core.batch_step(*self._st.arrays(), Ha, tg.indptr, tg.indices,
                                   values, kind, self._params, ga, gq, gs, ctl,
                                   out, grad)
         if status != _S.FS_OK:
             self._raise_status(status, ctl.bad, 0)
         if lr > 0:
-            self._health.after_examples(self, Ha.shape[0], ctl)
+            self._health.after_examples(self._st, Ha.shape[0], ctl)
 
     def _backward(self, H, tg, gq, gs, lr, wd):
         Ha = self._augment(H)
@@ -296,7 +286,7 @@ class FactoredOutputLayer(OutputLayerBase):
                 if applied > 0 else " Nothing was changed.")
         if status == _S.FS_NOMEM:
             raise MemoryError("fastsparse: could not allocate the step's workspace")
-        self._health.check_finite(self)     # a broken state says so first
+        self._st.check_finite()     # a broken state says so first
         if status == _S.FS_NONFINITE:
             msg = (f"step refused{where}: the outputs or the gradient are not "
                    f"finite in {self.dtype.name} (activations, targets or "
@@ -325,8 +315,9 @@ class FactoredOutputLayer(OutputLayerBase):
                 "stability": self._health.state()}
 
     def _checkpoint_arrays(self):
-        return {"V": self._V, "U": self._U, "Uinv": self._Uinv, "M": self._M,
-                "omega": self._omega, "sv": self._sv}
+        st = self._st
+        return {"V": st.V, "U": st.U, "Uinv": st.Uinv, "M": st.M,
+                "omega": st.omega, "sv": st.sv}
 
     @classmethod
     def _checkpoint_shapes(cls, n_outputs, n_hidden, has_bias, track_sum):
@@ -344,11 +335,11 @@ class FactoredOutputLayer(OutputLayerBase):
             except (TypeError, ValueError) as exc:
                 raise CheckpointError(f"{path}: invalid metadata 'min_abs_r': "
                                       f"{exc}") from None
-        for name in ("V", "U", "Uinv", "M", "omega", "sv"):
-            setattr(self, "_" + name, np.ascontiguousarray(arrays[name]))
+        self._st = FactoredState(*(np.ascontiguousarray(arrays[name]) for name in
+                                   ("V", "U", "Uinv", "M", "omega", "sv")))
         self._params = self.loss.params
         self._health = _health_from_state(path, self.dtype, meta.get("stability"),
-                                          self)
+                                          self._st)
         for name, value in (  # absent from files written before they were saved
                 ("online_block", meta.get("online_block", _core.ONLINE_BLOCK)),
                 ("single_thread_blas", meta.get("single_thread_blas", True))):
@@ -381,7 +372,7 @@ class FactoredOutputLayer(OutputLayerBase):
             whose small factors were applied to V directly (each a pass over
             V); ``control_seconds``: time the checks and corrections took.
         """
-        return self._health.report(self)
+        return self._health.report(self._st)
 
     @compute
     def refresh(self, exact=True):
@@ -394,29 +385,10 @@ class FactoredOutputLayer(OutputLayerBase):
             (O(D d^2), accumulated in float64) and the inverse of U
             (O(d^3)).  False: only the inverse.
         """
-        self._health.refresh_inverse(self)
+        self._health.refresh_inverse(self._st)
         if exact:
-            self._M[...] = _gram(self._V)
-            if self._sv.size:
-                self._sv[...] = _column_sums(self._V)
-        self._health.start(self)
-
-
-def _gram(V):
-    """V^T V, accumulated over chunks of rows in float64 (then cast), on one
-    BLAS thread: the same bits whatever the process's thread settings."""
-    d = V.shape[1]
-    Q = np.zeros((d, d), dtype=np.float64)
-    with single_thread():
-        for start in range(0, V.shape[0], _CHUNK_ROWS):
-            Vc = V[start:start + _CHUNK_ROWS].astype(np.float64)
-            Q += Vc.T @ Vc
-    return Q.astype(V.dtype)
-
-
-def _column_sums(V):
-    """1^T V accumulated in float64 (then cast)."""
-    return V.sum(axis=0, dtype=np.float64).astype(V.dtype)
+            self._st.refresh_derived()
+        self._health.start(self._st)
 
 
 def _check_consistency(path, arrays, dtype):
@@ -463,10 +435,10 @@ def _check_consistency(path, arrays, dtype):
                                   f"{err:.3g})")
 
 
-def _health_from_state(path, dtype, state, layer):
+def _health_from_state(path, dtype, state, st):
     """The numerical-health control saved in a checkpoint, its record
     checked (types, ranges, vector shapes) before it is used."""
-    d = layer._U.shape[0]
+    d = st.U.shape[0]
 
     def bad(what):
         return CheckpointError(f"{path}: invalid metadata 'stability': {what}")
@@ -518,6 +490,6 @@ def _health_from_state(path, dtype, state, layer):
         raise bad(f"the power-iteration vectors must all be None or all be "
                   f"lists of {d} finite numbers")
     try:
-        return StabilityControl.from_state(dtype, state, layer)
+        return StabilityControl.from_state(dtype, state, st)
     except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
         raise bad(f"{type(exc).__name__}: {exc}") from None

@@ -20,21 +20,16 @@ Per example, with target values ``y_k`` at indices ``j_k`` and
 """
 import numpy as np
 
+from ._core import fs_loss_kind as _kind
 from ._validation import check_real
 
 __all__ = ["Loss", "SquaredError", "SphericalSoftmax", "TaylorSoftmax",
            "ZLoss", "CallableLoss", "get_loss"]
 
-from ._core import fs_loss_kind as _kind
-
 # the compiled implementations' ids (src_c/fs_loss.h)
 _SQUARED, _SPHERICAL, _TAYLOR, _ZLOSS = (
     int(_kind.FS_LOSS_SQUARED), int(_kind.FS_LOSS_SPHERICAL),
     int(_kind.FS_LOSS_TAYLOR), int(_kind.FS_LOSS_ZLOSS))
-
-
-def _positive(value, name):
-    return check_real(value, name, 0, open_low=True)
 
 
 class Loss:
@@ -110,7 +105,7 @@ class SphericalSoftmax(Loss):
     has_proba = True
 
     def __init__(self, eps=1e-2):
-        self.eps = _positive(eps, "eps")
+        self.eps = check_real(eps, "eps", 0, open_low=True)
 
     @property
     def params(self):
@@ -170,8 +165,8 @@ class ZLoss(Loss):
     uses_s = True
 
     def __init__(self, alpha=0.1, beta=10.0):
-        self.alpha = _positive(alpha, "alpha")
-        self.beta = _positive(beta, "beta")
+        self.alpha = check_real(alpha, "alpha", 0, open_low=True)
+        self.beta = check_real(beta, "beta", 0, open_low=True)
 
     @property
     def params(self):

@@ -27,11 +27,11 @@ def _full(S):
 def _assert_consistent(layer, W_before, tol=1e-12):
     """W unchanged, Uinv = U^-1, M = V^T V, sv = V^T 1."""
     assert rel_err(layer.weights(), W_before) < tol
-    d = layer._U.shape[0]
-    assert np.abs(layer._U @ layer._Uinv - np.eye(d)).max() < 1e3 * tol
-    assert rel_err(_full(layer._M), layer._V.T @ layer._V) < tol
-    if layer._sv.size:
-        assert rel_err(layer._sv, layer._V.sum(0)) < tol
+    d = layer._st.U.shape[0]
+    assert np.abs(layer._st.U @ layer._st.Uinv - np.eye(d)).max() < 1e3 * tol
+    assert rel_err(_full(layer._st.M), layer._st.V.T @ layer._st.V) < tol
+    if layer._st.sv.size:
+        assert rel_err(layer._st.sv, layer._st.V.sum(0)) < tol
 
 
 @pytest.mark.parametrize("action", ["_renormalize", "_rescale", "refactorize",
@@ -40,21 +40,21 @@ def _assert_consistent(layer, W_before, tol=1e-12):
 def test_each_action_leaves_W_unchanged(action, track_sum):
     layer = _drifted(track_sum=track_sum, bias=True)
     hc = layer._health
-    est = hc._estimate(layer, iterations=50, store=True)
+    est = hc._estimate(layer._st, iterations=50, store=True)
     cond = est["cond"]
     assert cond > 50   # the fixture really is ill-conditioned
-    W, b, U = layer.weights(), layer.bias(), layer._U.copy()
+    W, b, U = layer.weights(), layer.bias(), layer._st.U.copy()
     if action == "_rescale":
         est["sigma_max"] = 2.0 ** 40   # pretend it left the range
     if action in ("_rescale", "_renormalize"):
-        getattr(hc, action)(layer, est)
+        getattr(hc, action)(layer._st, est)
     else:
-        getattr(hc, action)(layer)
+        getattr(hc, action)(layer._st)
     _assert_consistent(layer, W)
     assert rel_err(layer.bias(), b) < 1e-12
     if action == "_rescale":   # a power of two: exact
-        np.testing.assert_array_equal(layer._U, U * 2.0 ** -40)
-    est = hc._estimate(layer, iterations=50, store=True)
+        np.testing.assert_array_equal(layer._st.U, U * 2.0 ** -40)
+    est = hc._estimate(layer._st, iterations=50, store=True)
     if action in ("_renormalize", "refactorize"):
         assert est["cond"] < cond / 10
 
@@ -62,8 +62,8 @@ def test_each_action_leaves_W_unchanged(action, track_sum):
 def test_power_iteration_estimates_match_svd():
     layer = _drifted()
     hc = layer._health
-    est = hc._estimate(layer, iterations=200, store=False)
-    s = np.linalg.svd(layer._U, compute_uv=False)
+    est = hc._estimate(layer._st, iterations=200, store=False)
+    s = np.linalg.svd(layer._st.U, compute_uv=False)
     np.testing.assert_allclose(est["sigma_max"], s[0], rtol=1e-6)
     np.testing.assert_allclose(est["sigma_min"], s[-1], rtol=1e-6)
     # health() is the same estimate, and a pure read
@@ -101,13 +101,13 @@ def test_control_keeps_cond_bounded_and_reports():
 def test_refresh_recomputes_M_exactly():
     layer = _drifted(track_sum=True)
     W = layer.weights()
-    layer._M += 1e-3          # pretend M drifted
-    layer._sv -= 1e-3
+    layer._st.M += 1e-3          # pretend M drifted
+    layer._st.sv -= 1e-3
     layer.refresh()
     _assert_consistent(layer, W)
-    layer._Uinv *= 1.001
+    layer._st.Uinv *= 1.001
     layer.refresh(exact=False)
-    assert np.abs(layer._U @ layer._Uinv - np.eye(8)).max() < 1e-10
+    assert np.abs(layer._st.U @ layer._st.Uinv - np.eye(8)).max() < 1e-10
 
 
 @pytest.mark.parametrize("mode", ["online", "batch"])
@@ -148,22 +148,22 @@ def test_weight_decay_validation():
 
 
 @pytest.mark.parametrize("mode", ["online", "batch"])
-@pytest.mark.parametrize("where", ["_U", "_Uinv", "_M"])
+@pytest.mark.parametrize("where", ["U", "Uinv", "M"])
 def test_non_finite_state_is_reported_not_propagated(mode, where):
     layer = FactoredOutputLayer.from_weights(np.random.default_rng(4).standard_normal((50, 4)))
-    getattr(layer, where)[1, 1] = np.nan
-    V_before = layer._V.copy()
+    getattr(layer._st, where)[1, 1] = np.nan
+    V_before = layer._st.V.copy()
     with pytest.raises(FloatingPointError, match="not finite|non-finite"):
         layer.step(np.ones((2, 4)), np.array([3, 4]), 0.01, mode=mode)
-    np.testing.assert_array_equal(layer._V, V_before)   # nothing spread into V
+    np.testing.assert_array_equal(layer._st.V, V_before)   # nothing spread into V
     with pytest.raises(FloatingPointError, match="non-finite values"):
         layer.health()
 
 
 def test_stability_knobs_are_validated():
-    with pytest.raises(ValueError, match="check_every must be an integer >= 1"):
+    with pytest.raises(ValueError, match="check_every must be >= 1"):
         FactoredOutputLayer(10, 3, stability={"check_every": 0})
-    with pytest.raises(ValueError, match="max_cond must be > 1"):
+    with pytest.raises(ValueError, match="max_cond must be finite and > 1"):
         FactoredOutputLayer(10, 3, stability={"max_cond": 0.5})
     with pytest.raises(TypeError, match="unexpected keyword"):
         FactoredOutputLayer(10, 3, stability={"bogus": 1})

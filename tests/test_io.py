@@ -103,7 +103,7 @@ def test_wrong_class_and_inconsistent_state_are_refused(tmp_path):
     layer.save(path)
     with pytest.raises(ValueError, match="a FactoredOutputLayer checkpoint, not a NaiveOutputLayer"):
         NaiveOutputLayer.load(path)
-    layer._Uinv *= 2             # U Uinv != I, saved with valid digests
+    layer._st.Uinv *= 2             # U Uinv != I, saved with valid digests
     layer.save(path)
     with pytest.raises(ValueError, match="inconsistent state"):
         FactoredOutputLayer.load(path)
@@ -120,7 +120,7 @@ def test_memmap_V_trains_in_place(tmp_path):
     layer = FactoredOutputLayer.from_weights(mm, copy=False,
                                              stability={"enabled": False})
     ref = FactoredOutputLayer.from_weights(W0, stability={"enabled": False})
-    assert layer._V is mm
+    assert layer._st.V is mm
     touched = set()
     for _ in range(20):
         H = 0.3 * rng.standard_normal((4, 8)).astype(np.float32)

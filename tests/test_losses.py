@@ -248,9 +248,9 @@ def test_backward_sums_duplicate_indices():
 
 def test_squared_keeps_no_sum_state():
     layer = FactoredOutputLayer(100, 8)
-    assert layer._omega.size == 0 and layer._sv.size == 0
-    assert FactoredOutputLayer(100, 8, loss="taylor_softmax")._sv.size == 8
-    assert FactoredOutputLayer(100, 8, track_sum=True)._sv.size == 8
+    assert layer._st.omega.size == 0 and layer._st.sv.size == 0
+    assert FactoredOutputLayer(100, 8, loss="taylor_softmax")._st.sv.size == 8
+    assert FactoredOutputLayer(100, 8, track_sum=True)._st.sv.size == 8
     with pytest.raises(ValueError, match="track_sum=True"):
         layer.backward(np.ones((1, 8)), np.array([[1]]), np.ones((1, 1)),
                        np.ones(1), np.ones(1), 0.1)

@@ -23,8 +23,8 @@ LOSSES = ["squared", "spherical_softmax", "taylor_softmax", "z_loss"]
 
 
 def _amplification(layer):
-    V = layer._V.astype(np.float64)
-    U = layer._U.astype(np.float64)
+    V = layer._st.V.astype(np.float64)
+    U = layer._st.U.astype(np.float64)
     W = layer.weights().astype(np.float64)
     return np.linalg.norm(V) * np.linalg.norm(U, 2) / np.linalg.norm(W)
 

@@ -28,15 +28,19 @@ def test_text_stream_as_close_to_the_truth_as_the_dense_layer(dtype, mode, lr,
                                                              zipf):
     # 20 000 examples in calls of 64 (online: one update per example;
     # batch: one per call, summed).  The dense runs converge at these
-    # learning rates.  Bar: within 10x the naive layer's errors (goal 3x).
+    # learning rates.  Bar: within 10x the errors of the naive layer of the
+    # same dtype (goal 3x) -- or of float64 dense SGD's own rounding, which
+    # the naive float64 layer's error against the float64 truth (the same
+    # BLAS calls) underestimates (tests/_streams.py, precision_run).
     from threadpoolctl import threadpool_limits
     with threadpool_limits(1):
         res, health = precision_run(dtype, mode, lr, zipf)
-    (lf, ln), (wf, wn) = res["loss"], res["weights"]
-    msg = f"loss {lf:.2e} vs naive {ln:.2e}; W {wf:.2e} vs naive {wn:.2e}; {health}"
-    assert lf <= 10 * ln, msg
-    assert wf <= 10 * wn, msg
-    print(f"\n{dtype} {mode} zipf {zipf}: loss x{lf / ln:.1f}, W x{wf / wn:.1f}")
+    (lf, ln, ls), (wf, wn, ws) = res["loss"], res["weights"]
+    msg = (f"loss {lf:.2e} vs naive {ln:.2e} (float64 spread {ls:.2e}); "
+           f"W {wf:.2e} vs naive {wn:.2e} (spread {ws:.2e}); {health}")
+    assert lf <= 10 * max(ln, ls), msg
+    assert wf <= 10 * max(wn, ws), msg
+    print(f"\n{dtype} {mode} zipf {zipf}: {msg}")
 
 
 # ---- near-singular updates ---------------------------------------------------

@@ -56,7 +56,7 @@ def test_concurrent_calls_on_one_layer_equal_a_sequential_order(mode):
         H, t = by_key[key]
         replay.step(H, t, 0.02, mode=mode)
     np.testing.assert_array_equal(layer.weights(), replay.weights())
-    np.testing.assert_array_equal(layer._M, replay._M)
+    np.testing.assert_array_equal(layer._st.M, replay._st.M)
 
 
 def test_layers_in_parallel_threads_equal_sequential_runs():
