@@ -235,7 +235,7 @@ class FactoredOutputLayer(OutputLayerBase):
         ctl = self._health.control(lr, wd)
         start = 0
         while start < m:
-            part = tg.slice(start, m)
+            part = tg.slice(start, m) if start else tg
             status = _core.online_step(*self._st.arrays(), Ha[start:], part.indptr,
                                        part.indices, part.values, self.loss.kind,
                                        self._params, self._online_block, ctl,

@@ -38,6 +38,7 @@ _active = 0
 _controller = None
 _restore = None          # the threadpoolctl limiter while BLAS is limited
 _last_exit = 0.0
+_last_query = -1e9       # when the BLAS threads were last asked for
 _warned = False
 
 
@@ -73,10 +74,14 @@ def _restorer():
 
 
 def _enter():
-    global _active, _restore, _warned
+    global _active, _restore, _warned, _last_query
     with _state_lock:
         _active += 1
-        if _restore is None:
+        # asking the BLAS libraries for their threads costs microseconds:
+        # at most once per IDLE_RESTORE while they run single-threaded
+        now = time.monotonic()
+        if _restore is None and now - _last_query >= IDLE_RESTORE:
+            _last_query = now
             ctl = _blas_controller()
             if any(lib.num_threads > 1 for lib in ctl.lib_controllers):
                 _restore = ctl.limit(limits=1)

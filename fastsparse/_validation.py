@@ -68,6 +68,9 @@ def check_real(value, name, low=None, high=None, *, open_low=False,
     A 0-d real array is accepted.  TypeError for anything that is not a
     real number, ValueError for a non-finite or out-of-range value.
     """
+    if type(value) is float and low == 0 and high is None and not open_low \
+            and value >= 0 and value != float("inf"):
+        return value            # the common case of lr and weight_decay
     if isinstance(value, np.ndarray) and value.ndim == 0 and \
             value.dtype.kind in "iuf":
         value = value[()]
@@ -144,6 +147,10 @@ def _check_finite(arr, name):
 
 def check_hidden(H, n_hidden, dtype):
     """H as a C-contiguous (m, n_hidden) array of ``dtype``, all finite."""
+    if type(H) is np.ndarray and H.dtype == dtype and H.ndim == 2 \
+            and H.shape[1] == n_hidden and H.flags.c_contiguous \
+            and np.isfinite(np.add.reduce(H, axis=None, dtype=np.float64)):
+        return H            # fast path: a NaN or Inf makes the sum non-finite
     arr = _as_float_array(H, "H", dtype)
     if arr.ndim != 2 or arr.shape[1] != n_hidden:
         hint = " (for one example use H[None, :])" if arr.ndim == 1 else ""
@@ -249,6 +256,15 @@ class Targets:
         return self.indices[sl], self.values[sl]
 
 
+_ARANGE = np.arange(4097, dtype=np.int64)
+_ARANGE.flags.writeable = False
+
+
+def _arange(n):
+    """0..n-1 as int64 (a read-only view for small n: no allocation)."""
+    return _ARANGE[:n] if n <= _ARANGE.size else np.arange(n, dtype=np.int64)
+
+
 def parse_targets(targets, m, n_outputs, dtype, names=("targets indices",
                                                        "targets values")):
     """Convert any accepted target format to :class:`Targets`.
@@ -286,6 +302,11 @@ def parse_targets(targets, m, n_outputs, dtype, names=("targets indices",
                 raise ValueError(f"{vname} must have the shape of the "
                                  f"indices {idx.shape}, got {val.shape}")
         return _canonical_from_matrix(idx, val, vname)
+    if type(targets) is np.ndarray and targets.dtype == np.int64 \
+            and targets.shape == (m,) and m and targets.flags.c_contiguous:
+        # the language-model case, fast: one target of value 1 per example
+        if targets.min() >= 0 and targets.max() < n_outputs:
+            return Targets(_arange(m + 1), targets.copy(), np.ones(m, dtype=dtype))
     if isinstance(targets, (np.ndarray, list, range)):
         idx = _as_index_array(targets, "targets")
         if idx.shape != (m,):
