@@ -18,7 +18,7 @@ from . import losses
 from ._errors import CheckpointError, StepRefusedError
 from ._factored import FactoredOutputLayer
 from ._naive import NaiveOutputLayer
+from ._version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["FactoredOutputLayer", "NaiveOutputLayer", "CheckpointError",
            "StepRefusedError", "losses", "__version__"]

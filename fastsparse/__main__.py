@@ -55,12 +55,12 @@ def build_parser():
                       metavar="D", help="number of outputs (default: %(default)s)")
     demo.add_argument("--n-hidden", type=_positive_int, default=256,
                       metavar="d", help="number of hidden units (default: %(default)s)")
-    demo.add_argument("--steps", type=_positive_int, default=300,
+    demo.add_argument("--steps", type=_positive_int, default=40,
                       help="number of step calls, i.e. minibatches (default: "
                            "%(default)s)")
-    demo.add_argument("--batch-size", type=_positive_int, default=1,
+    demo.add_argument("--batch-size", type=_positive_int, default=64,
                       metavar="m", help="examples per step call (default: %(default)s)")
-    demo.add_argument("--mode", choices=("online", "batch"), default="online",
+    demo.add_argument("--mode", choices=("online", "batch"), default="batch",
                       help="online: one exact update per example; batch: one "
                            "update per minibatch (default: %(default)s)")
     demo.add_argument("--dtype", choices=("float32", "float64"),
@@ -68,7 +68,7 @@ def build_parser():
                       help="dtype of both layers (default: %(default)s)")
     demo.add_argument("--lr", type=_nonnegative_float, default=None,
                       help="learning rate (sum of the per-example losses); "
-                           "default 0.1 (r = 1 - 2 lr ||h||^2 = 0.8 with "
+                           "default 0.02 (r = 1 - 2 lr ||h||^2 = 0.96 with "
                            "||h|| = 1), lowered in batch mode for large m")
     demo.add_argument("--seed", type=int, default=0,
                       help="seed of the initial weights and of the data "

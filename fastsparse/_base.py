@@ -382,6 +382,26 @@ class OutputLayerBase:
         ------
         TypeError, ValueError, IndexError
             On invalid input, before anything is modified.
+        fastsparse.StepRefusedError
+            When the step's result would not be finite (a loss or gradient
+            not finite in the dtype, an update out of the state's range);
+            nothing of the refused example is applied.
+
+        Examples
+        --------
+        >>> import numpy as np, fastsparse
+        >>> layer = fastsparse.FactoredOutputLayer(5000, 16, seed=0)
+        >>> H = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32) / 4
+        >>> loss, grad_H = layer.step(H, np.array([7, 7, 42]), lr=0.05, mode="online")
+        >>> loss.dtype, grad_H.shape
+        (dtype('float32'), (3, 16))
+
+        Several targets per example, with values:
+
+        >>> idx, val = np.array([[1, 2], [3, 4], [5, 6]]), np.ones((3, 2), np.float32)
+        >>> loss, _ = layer.step(H, (idx, val), lr=0.05)
+        >>> loss.shape
+        (3,)
         """
         H, tg = self._check_inputs(H, targets)
         lr = check_lr(lr)

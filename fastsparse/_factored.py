@@ -88,6 +88,22 @@ class FactoredOutputLayer(OutputLayerBase):
         them, which pays for a single training thread at d >= 256 (README,
         "Threads").
 
+    Examples
+    --------
+    >>> import numpy as np, fastsparse
+    >>> layer = fastsparse.FactoredOutputLayer(10_000, 32, seed=0)
+    >>> H = np.full((4, 32), 0.1, dtype=np.float32)
+    >>> loss, grad_H = layer.step(H, np.array([1, 2, 3, 4]), lr=0.01)
+    >>> loss.shape, grad_H.shape
+    ((4,), (4, 32))
+
+    It computes what the dense layer computes:
+
+    >>> naive = fastsparse.NaiveOutputLayer(10_000, 32, seed=0)
+    >>> loss_n, _ = naive.step(H, np.array([1, 2, 3, 4]), lr=0.01)
+    >>> bool(np.allclose(loss, loss_n, rtol=1e-5))
+    True
+
     Notes
     -----
     Building the layer costs one O(D d^2) pass (M = V^T V); so do

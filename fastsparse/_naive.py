@@ -28,7 +28,15 @@ class NaiveOutputLayer(OutputLayerBase):
         arguments starts from the very same weights.
     init_scale : float, optional
         Standard deviation of the initial weights (default 1/sqrt(n_hidden)).
-    """ + _COMMON_PARAMS_DOC
+    """ + _COMMON_PARAMS_DOC + """
+    Examples
+    --------
+    >>> import numpy as np, fastsparse
+    >>> naive = fastsparse.NaiveOutputLayer(1000, 8, seed=0)
+    >>> loss, grad_H = naive.step(np.ones((2, 8)) / 8, np.array([0, 5]), lr=0.1)
+    >>> naive.weights().shape
+    (1000, 8)
+    """
 
     def _setup(self, W, b, loss, track_sum):
         super()._setup(W, b, loss, track_sum)

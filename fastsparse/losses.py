@@ -286,6 +286,14 @@ def get_loss(loss):
     Names: ``"squared"``, ``"spherical_softmax"``, ``"taylor_softmax"``,
     ``"z_loss"`` (default parameters; pass e.g. ``SphericalSoftmax(eps=...)``
     for others).
+
+    Examples
+    --------
+    >>> from fastsparse.losses import get_loss, SphericalSoftmax
+    >>> get_loss("spherical_softmax")
+    SphericalSoftmax(eps=0.01)
+    >>> get_loss(SphericalSoftmax(eps=0.1)).eps
+    0.1
     """
     if isinstance(loss, Loss):
         return loss

@@ -357,6 +357,19 @@ class FactoredOutput(torch.nn.Module):
     * Duplicate indices in one example are merged as the layers do (their
       values are summed); a callable loss refuses them, as it needs
       distinct targets.
+
+    Examples
+    --------
+    >>> import torch, fastsparse
+    >>> from fastsparse.torch import FactoredOutput
+    >>> _ = torch.manual_seed(0)
+    >>> out = FactoredOutput(fastsparse.FactoredOutputLayer(
+    ...     1000, 8, loss="spherical_softmax", seed=0), lr=0.05)
+    >>> h = torch.randn(4, 8, requires_grad=True)
+    >>> loss = out(h, torch.tensor([1, 2, 3, 4]))
+    >>> loss.backward()            # dL/dh for h, and the layer's SGD step
+    >>> h.grad.shape
+    torch.Size([4, 8])
     """
 
     def __init__(self, layer, lr, *, weight_decay=0.0, reduction="sum"):

@@ -1,13 +1,22 @@
+"""pytest configuration: run against the installed package, fixtures, and
+one clear line about what a run without PyTorch skipped."""
+import os
+import sys
+
 import numpy as np
 import pytest
 
-
-def rel_err(a, b):
-    """Relative error ||a - b|| / ||b|| (Frobenius); 0 when both are 0."""
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    nb = np.linalg.norm(b)
-    return np.linalg.norm(a - b) / nb if nb else np.linalg.norm(a - b)
+# From the checkout, ``python -m pytest`` puts the checkout first on
+# sys.path, where fastsparse/ holds the uncompiled sources: use the
+# installed package instead, unless the sources were built in place
+# (``pip install -e .``).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SRC = os.path.join(_ROOT, "fastsparse")
+if os.path.isdir(_SRC) and not any(f.startswith("_core.") and f.endswith((".so", ".pyd"))
+                                   for f in os.listdir(_SRC)):
+    sys.path[:] = [p for p in sys.path
+                   if os.path.abspath(p or os.curdir) != _ROOT]
+    sys.modules.pop("fastsparse", None)
 
 
 @pytest.fixture
@@ -15,27 +24,13 @@ def rng():
     return np.random.default_rng(12345)
 
 
-def run_isolated(code, cwd, timeout=120, env=None):
-    """Run ``code`` in a fresh Python process (so that a crash of the code
-    under test, e.g. a segmentation fault, fails the test instead of killing
-    the run), from ``cwd`` (outside the source tree: from the checkout root
-    ``import fastsparse`` would find the uncompiled sources).  Returns the
-    CompletedProcess; a crash shows as a negative return code, with the
-    faulthandler traceback in stderr."""
-    import os
-    import subprocess
-    import sys
-    import textwrap
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-X", "faulthandler", "-c",
-                           textwrap.dedent(code)], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def assert_ran(proc):
-    """The isolated process exited normally (no crash, no failed assert)."""
-    assert proc.returncode == 0, (
-        f"isolated process exited with {proc.returncode}"
-        f"{' (killed by signal %d)' % -proc.returncode if proc.returncode < 0 else ''}"
-        f"\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}")
+def pytest_terminal_summary(terminalreporter):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        skipped = [r for r in terminalreporter.stats.get("skipped", [])
+                   if "torch" in str(getattr(r, "longrepr", ""))]
+        if skipped:
+            terminalreporter.write_line(
+                f"{len(skipped)} tests of the PyTorch integration were skipped: "
+                "PyTorch is not installed (pip install \".[torch]\" to run them).")

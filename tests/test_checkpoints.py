@@ -22,7 +22,7 @@ import pytest
 import fastsparse
 from fastsparse import (CheckpointError, FactoredOutputLayer, NaiveOutputLayer,
                         _checkpoint)
-from conftest import assert_ran, run_isolated
+from _helpers import assert_ran, run_isolated
 
 LAYERS = [FactoredOutputLayer, NaiveOutputLayer]
 

@@ -15,13 +15,21 @@ def _run(args, cwd):
                           text=True, check=True, timeout=300)
 
 
-def test_demo_small(tmp_path):
+@pytest.mark.parametrize("mode", ["batch", "online"])
+def test_demo_small(tmp_path, mode):
     res = _run(["-m", "fastsparse", "demo", "--n-outputs", "3000", "--n-hidden",
-                "16", "--steps", "30", "--dtype", "float64"], tmp_path)
+                "16", "--steps", "10", "--batch-size", "8", "--mode", mode,
+                "--dtype", "float64"], tmp_path)
     out = res.stdout
-    assert "speed-up naive/factored" in out
+    assert re.search(r"speed-up of the factored layer over the dense one: [0-9,]+x", out)
+    assert "agrees with the dense layer to float64 rounding: yes" in out, out
     diffs = [float(x) for x in re.findall(r"max rel\. diff of [^\n]*?([0-9.]+e[-+][0-9]+)", out)]
     assert len(diffs) == 2 and max(diffs) < 1e-9, out
+    # the same loss prints with the same digits in both columns
+    first = re.search(r"summed loss, first step\s+(\S+)\s+(\S+)", out)
+    assert len(first.group(1).split(".")[1]) == len(first.group(2).split(".")[1])
+    # no progress-bar redraws when stderr is not a terminal
+    assert "\r" not in res.stderr
 
 
 def test_demo_help(tmp_path):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from fastsparse import FactoredOutputLayer, NaiveOutputLayer
-from conftest import rel_err
+from _helpers import rel_err
 
 EPS32 = float(np.finfo(np.float32).eps)
 CONFIGS = [(2000, 16, 3), (5000, 64, 1)]  # (D, d, K)

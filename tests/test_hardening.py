@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse as sp
 
 from fastsparse import FactoredOutputLayer, NaiveOutputLayer
-from conftest import assert_ran, rel_err, run_isolated
+from _helpers import assert_ran, rel_err, run_isolated
 
 LAYERS = [FactoredOutputLayer, NaiveOutputLayer]
 D, d = 30, 4

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fastsparse import FactoredOutputLayer, NaiveOutputLayer
-from conftest import rel_err
+from _helpers import rel_err
 
 
 def _drifted(dtype=np.float64, D=400, d=8, steps=20, seed=0, **kw):

@@ -7,7 +7,7 @@ import pytest
 
 from fastsparse import FactoredOutputLayer, NaiveOutputLayer, _checkpoint
 from fastsparse.losses import SphericalSoftmax
-from conftest import rel_err
+from _helpers import rel_err
 
 LAYERS = [FactoredOutputLayer, NaiveOutputLayer]
 

@@ -7,7 +7,7 @@ import pytest
 from fastsparse import FactoredOutputLayer, NaiveOutputLayer, _core
 from fastsparse.losses import (SphericalSoftmax, SquaredError, TaylorSoftmax,
                                ZLoss, get_loss)
-from conftest import rel_err
+from _helpers import rel_err
 
 D = 40
 LOSSES = [SquaredError(), SphericalSoftmax(eps=0.05), TaylorSoftmax(),

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fastsparse import FactoredOutputLayer, NaiveOutputLayer, _core
-from conftest import rel_err
+from _helpers import rel_err
 
 EPS32 = float(np.finfo(np.float32).eps)
 LOSSES = ["squared", "spherical_softmax", "taylor_softmax", "z_loss"]

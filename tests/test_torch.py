@@ -17,7 +17,7 @@ from fastsparse.losses import (SphericalSoftmax, SquaredError,  # noqa: E402
                                TaylorSoftmax, ZLoss)
 from fastsparse.torch import FactoredOutput, spherical_stats  # noqa: E402
 from fastsparse.torch import _as_array  # noqa: E402
-from conftest import rel_err  # noqa: E402
+from _helpers import rel_err  # noqa: E402
 
 LAYERS = {"factored": FactoredOutputLayer, "naive": NaiveOutputLayer}
 TORCH = {np.float32: torch.float32, np.float64: torch.float64}
