@@ -9,12 +9,15 @@ subclasses implement the computations on trusted input:
   -> grad_H
 * ``_outputs(H, rows)``, ``weights()``, ``bias()``
 """
+from __future__ import annotations
+
 import inspect
 import os
 import threading
 import types
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _checkpoint
 from ._threads import compute, locked
@@ -134,6 +137,7 @@ def _public_copy(func, qualname):
     new = types.FunctionType(code, func.__globals__, func.__name__,
                              func.__defaults__, func.__closure__)
     new.__kwdefaults__ = func.__kwdefaults__
+    new.__annotations__ = dict(func.__annotations__)
     new.__dict__.update(func.__dict__)
     new.__doc__, new.__module__ = func.__doc__, func.__module__
     new.__qualname__ = qualname
@@ -171,9 +175,10 @@ class OutputLayerBase:
                 setattr(cls, name, _public_copy(attr, f"{cls.__name__}.{name}"))
 
     # ------------------------------------------------------- construction
-    def __init__(self, n_outputs, n_hidden, *, dtype=np.float32, seed=None,
-                 init_scale=None, loss="squared", bias=False, track_sum=None,
-                 **options):
+    def __init__(self, n_outputs: int, n_hidden: int, *, dtype=np.float32,
+                 seed: int | None = None, init_scale: float | None = None,
+                 loss="squared", bias=False, track_sum: bool | None = None,
+                 **options) -> None:
         self._check_options(options, "__init__")
         dtype = check_dtype(dtype)
         n_outputs = check_size(n_outputs, "n_outputs")
@@ -263,7 +268,7 @@ class OutputLayerBase:
 
     # -------------------------------------------------------- checkpoints
     @locked
-    def save(self, path):
+    def save(self, path: str | os.PathLike) -> None:
         """Save the exact state of the layer to ``path`` (atomically).
 
         The file (a NumPy ``.npz`` archive, no pickle) holds every state
@@ -301,7 +306,7 @@ class OutputLayerBase:
         _checkpoint.save(self, path, meta, self._checkpoint_arrays())
 
     @classmethod
-    def load(cls, path, *, loss=None):
+    def load(cls, path: str | os.PathLike, *, loss=None):
         """A layer with the exact state saved by :meth:`save`.
 
         Nothing in the file is trusted: its structure, metadata, array
@@ -341,7 +346,8 @@ class OutputLayerBase:
 
     # ------------------------------------------------------------------ API
     @compute
-    def step(self, H, targets, lr, *, mode="batch", weight_decay=0.0):
+    def step(self, H: ArrayLike, targets, lr: float, *, mode: str = "batch",
+             weight_decay: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Compute losses and gradients, then apply one SGD step.
 
         Parameters
@@ -415,7 +421,7 @@ class OutputLayerBase:
         return self._step(H, tg, lr, mode, wd)
 
     @compute
-    def loss_and_grad(self, H, targets):
+    def loss_and_grad(self, H: ArrayLike, targets) -> tuple[np.ndarray, np.ndarray]:
         """Per-example losses and dL/dH at the current weights, no update.
 
         Same arguments and results as :meth:`step` without ``lr``/``mode``.
@@ -426,7 +432,8 @@ class OutputLayerBase:
         return self._step(H, tg, 0.0, "batch", 0.0)
 
     @compute
-    def forward(self, H, indices):
+    def forward(self, H: ArrayLike, indices: ArrayLike
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """The statistics every loss of the spherical family is made of.
 
         Parameters
@@ -455,7 +462,8 @@ class OutputLayerBase:
                 s.astype(self.dtype) if self.track_sum else None)
 
     @compute
-    def backward(self, H, indices, grad_a, grad_q, grad_s, lr, *,
+    def backward(self, H: ArrayLike, indices: ArrayLike, grad_a: ArrayLike,
+                 grad_q: ArrayLike, grad_s: ArrayLike | None, lr: float, *,
                  weight_decay=0.0):
         """dL/dH for any loss of (a, q, s), and the exact minibatch update.
 
@@ -498,7 +506,7 @@ class OutputLayerBase:
         return self._backward(H, tg, gq, gs, lr, wd)
 
     @compute
-    def predict_proba(self, H, rows=None):
+    def predict_proba(self, H: ArrayLike, rows: ArrayLike | None = None) -> np.ndarray:
         """Probabilities of the chosen outputs, for softmax-like losses.
 
         Normalised exactly by the O(d^2) denominators (``q + D eps`` for the
@@ -526,7 +534,7 @@ class OutputLayerBase:
         return self.loss.proba(o, q, s, self.n_outputs).astype(self.dtype)
 
     @locked
-    def outputs(self, H, rows=None):
+    def outputs(self, H: ArrayLike, rows: ArrayLike | None = None) -> np.ndarray:
         """Outputs ``o = W h (+ b)`` for the given output rows.
 
         Parameters
@@ -545,7 +553,7 @@ class OutputLayerBase:
         return self._outputs(H, rows)
 
     @locked
-    def topk(self, H, k):
+    def topk(self, H: ArrayLike, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k highest-scoring outputs of each example, over all D outputs.
 
         Computed in chunks of output rows (BLAS-3 products), so memory stays
@@ -585,7 +593,7 @@ class OutputLayerBase:
                 np.take_along_axis(best_s, order, 1))
 
     @locked
-    def export_weights(self, path):
+    def export_weights(self, path: str | os.PathLike) -> None:
         """Write the dense weights W (n_outputs, n_hidden) to a ``.npy`` file,
         in chunks of rows (memory stays bounded; read it back with
         ``numpy.load(path, mmap_mode="r")``).  The bias, if any, is

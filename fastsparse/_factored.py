@@ -1,6 +1,9 @@
 """The factored output layer: exact SGD in O(d^2 + K d) per example."""
+from __future__ import annotations
+
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _core
 from ._base import _CHUNK_ROWS, _COMMON_PARAMS_DOC, OutputLayerBase
@@ -116,6 +119,29 @@ class FactoredOutputLayer(OutputLayerBase):
     _bias_in_V = True
     _OPTIONS = ("stability",)
 
+    def __init__(self, n_outputs: int, n_hidden: int, *, dtype=np.float32,
+                 seed: int | None = None, init_scale: float | None = None,
+                 loss="squared", bias=False, track_sum: bool | None = None,
+                 stability: bool | dict | None = None, **options) -> None:
+        # (**options: an unknown keyword is refused with the list of the
+        # valid ones, by the shared constructor)
+        super().__init__(n_outputs, n_hidden, dtype=dtype, seed=seed,
+                         init_scale=init_scale, loss=loss, bias=bias,
+                         track_sum=track_sum, stability=stability, **options)
+
+    @classmethod
+    def from_weights(cls, W: ArrayLike, dtype=None, *, bias=None, loss="squared",
+                     track_sum: bool | None = None, copy: bool = True,
+                     stability: bool | dict | None = None, **options
+                     ) -> FactoredOutputLayer:
+        """A layer whose weights are a copy of ``W`` (or ``W`` itself, with
+        ``copy=False``); the arguments are those of
+        :meth:`OutputLayerBase.from_weights` and of the constructor
+        (``stability``)."""
+        return super().from_weights.__func__(
+            cls, W, dtype, bias=bias, loss=loss, track_sum=track_sum,
+            copy=copy, stability=stability, **options)
+
     @property
     def online_block(self):
         return self._online_block
@@ -170,7 +196,7 @@ class FactoredOutputLayer(OutputLayerBase):
         return W[:, :self.n_hidden] if self.has_bias else W
 
     @locked
-    def weights(self):
+    def weights(self) -> np.ndarray:
         """The dense weights ``W = V U``, shape (n_outputs, n_hidden).
 
         Costs O(D d^2) (computed in chunks of rows); meant for checks and
@@ -183,7 +209,7 @@ class FactoredOutputLayer(OutputLayerBase):
         return W
 
     @locked
-    def bias(self):
+    def bias(self) -> np.ndarray | None:
         """The output bias b, shape (n_outputs,), or None without bias.
 
         Costs O(D d).
@@ -367,7 +393,7 @@ class FactoredOutputLayer(OutputLayerBase):
 
     # ------------------------------------------------------------- health
     @compute
-    def health(self):
+    def health(self) -> dict:
         """Fresh estimates of the numerical health of the state, and counts.
 
         A pure read: it changes nothing (a run that calls it after every step
@@ -391,7 +417,7 @@ class FactoredOutputLayer(OutputLayerBase):
         return self._health.report(self._st)
 
     @compute
-    def refresh(self, exact=True):
+    def refresh(self, exact: bool = True) -> None:
         """Recompute derived state from the factors.
 
         Parameters

@@ -941,14 +941,19 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
         int ok = F(fs_finite)(me * d, Zt) && F(fs_finite)(me * d, Pf)
                  && F(fs_finite)(me * d, HU) && F(fs_finite)(md, R)
                  && F(fs_finite)(me * d, Hg) && (k == 0 || F(fs_finite)(k * d, P2));
+        /* the squared norms of Zt's columns, row by row (contiguous) */
+        for (int i = 0; i < me; ++i)
+            Zd[i] = 0.0;
+        for (int c = 0; c < d; ++c) {
+            const T *zc = Zt + (ptrdiff_t)c * me;
+            for (int i = 0; i < me; ++i)
+                Zd[i] += (double)zc[i] * zc[i];
+        }
         for (int i = 0; ok && i < me; ++i) {
             const T *hg = Hg + (ptrdiff_t)i * d, *hu = HU + (ptrdiff_t)i * d,
                     *hx = Hx + (ptrdiff_t)i * d;
-            double zn = 0.0;
-            for (int c = 0; c < d; ++c)
-                zn += (double)Zt[(ptrdiff_t)c * me + i] * Zt[(ptrdiff_t)c * me + i];
             bu += sqrt(F(fs_dot)(d, hu, hu) * F(fs_dot)(d, hg, hg));
-            bi += sqrt(F(fs_dot)(d, hx, hx) * zn);
+            bi += sqrt(F(fs_dot)(d, hx, hx) * Zd[i]);
         }
         for (int j = 0; j < k; ++j)
             cn += fabs((double)gam[j]) * sqrt(F(fs_dot)(d, P1 + (ptrdiff_t)j * d,
@@ -1006,10 +1011,14 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
          * Uinv, <Pe + Pf, Zt^T>, when every factor is at most 1 */
         double dF = 0.0;
         if (lam_hi <= 1.0) {
-            for (int i = 0; i < me; ++i)
-                for (int c = 0; c < d; ++c)
-                    dF += ((double)Pe[(ptrdiff_t)i * d + c] + Pf[(ptrdiff_t)i * d + c])
-                          * Zt[(ptrdiff_t)c * me + i];
+            /* Pe + Pf is overwritten in Pe (no longer needed) */
+            for (ptrdiff_t c = 0; c < (ptrdiff_t)me * d; ++c)
+                Pe[c] += Pf[c];
+            for (int c = 0; c < d; ++c) {
+                const T *zc = Zt + (ptrdiff_t)c * me;
+                for (int i = 0; i < me; ++i)
+                    dF += (double)Pe[(ptrdiff_t)i * d + c] * zc[i];
+            }
             ctl->sinv2 += dF > 0 ? dF : 0.0;
         } else {
             ctl->sinv2 /= lam_lo * lam_lo;
