@@ -51,8 +51,9 @@ import time
 import numpy as np
 
 from . import torch as _fstorch          # the friendly error without torch
-from .torch import (FactoredOutput, _TORCH_DTYPES, _UPDATES, _as_array,
-                    _check_hidden, _check_layer, _loss_from_stats)
+from .torch import (FactoredOutput, _UPDATES, _as_array, _check_hidden,
+                    _check_indices, _check_layer, _loss_from_stats)
+from .torch import spherical_stats as _fs_spherical_stats
 from ._base import OutputLayerBase
 from ._validation import check_hidden, parse_targets
 
@@ -365,8 +366,8 @@ class DistributedFactoredOutput(FactoredOutput):
     concatenation of all ranks' minibatches in rank order:
 
     * ``mode="batch"``: the forward computes the rank's statistics
-      (a, q, s) and the loss (a built-in one, or write your own from
-      ``a, q, s`` with :meth:`stats`); ``backward()`` gathers every rank's
+      (a, q, s) and the layer's loss (or write another loss of the family
+      in torch on :meth:`spherical_stats`); ``backward()`` gathers every rank's
       hidden states, target indices and dL/da, dL/dq, dL/ds, applies one
       minibatch update of the global minibatch on every replica, and
       returns this rank's dL/dh.  With ``average=True`` (DDP's convention)
@@ -630,47 +631,106 @@ class DistributedFactoredOutput(FactoredOutput):
         A training forward is a collective call; in eval mode or under
         ``torch.no_grad()`` it is :class:`FactoredOutput`'s local forward.
         """
-        if not (self.training and torch.is_grad_enabled()):
+        if not self._training_call():
             return super().forward(h, targets)
-        layer = self.layer
-        local_exc = stats = raw = None
-        m = K = 0
-        try:
-            h = _check_hidden(h, layer)
-            m = h.shape[0]
-            if self.mode == "online":
-                idx, raw = self._online_targets(targets, m)
-                # what layer.step() will check on the concatenation, checked
-                # here on this rank's part, so that it cannot fail there
-                H = check_hidden(_as_array(h), layer.n_hidden, layer.dtype)
-                if idx.shape[1]:
-                    layer.loss.check_targets(parse_targets(
-                        (idx, raw), m, layer.n_outputs, layer.dtype))
-            else:
-                idx, values = self._targets(targets, m)
-                H = _as_array(h)
-                stats = layer.forward(H, idx)     # validates H (finite) too
-            K = idx.shape[1]
-        except Exception as exc:                  # refused everywhere below
-            local_exc = exc
-        hdrs = self._exchange_headers(local_exc, m, K)
-        anchor = torch.empty(0, dtype=h.dtype, requires_grad=True)
         if self.mode == "online":
-            L, G = self._online_step(hdrs, H, idx, raw)
-            L = _OnlineLoss.apply(h.contiguous(), anchor, L, G)
+            L, m = self._online_forward(h, targets)
         else:
-            call = {"hdrs": hdrs, "idx": idx, "steps": self.steps,
-                    "lr": self._lr, "weight_decay": self._weight_decay}
-            a, q, s = _BatchStats.apply(h.contiguous(), anchor, stats, self, call)
+            parsed = {}
+
+            def parse(m):
+                idx, parsed["values"] = self._targets(targets, m)
+                return idx
+            (a, q, s), m = self._batch_stats(h, parse)
             f64 = torch.float64
-            L = _loss_from_stats(layer.loss, a.to(f64), q.to(f64),
-                                 None if s is None else s.to(f64), values,
-                                 layer.n_outputs).to(h.dtype)
+            L = _loss_from_stats(self.layer.loss, a.to(f64), q.to(f64),
+                                 None if s is None else s.to(f64),
+                                 parsed["values"], self.layer.n_outputs).to(a.dtype)
         if self.reduction == "sum":
             return L.sum()
         if self.reduction == "mean":
             return L.mean() if m else L.sum()
         return L
+
+    def spherical_stats(self, h, indices):
+        """Differentiable statistics ``(a, q, s)`` of this rank's examples,
+        to write any loss of the spherical family in torch (batch mode).
+
+        The distributed counterpart of :func:`fastsparse.torch.spherical_stats`
+        with the module's ``lr`` and ``weight_decay``: in training (a
+        collective call, as :meth:`forward`), ``backward()`` of any scalar
+        of them exchanges every rank's hidden states, indices and dL/da,
+        dL/dq, dL/ds and applies the update of the global minibatch on every
+        replica (``lr / world_size`` with ``average=True``).  In eval mode
+        or under ``torch.no_grad()``: local, no update.
+
+        Parameters
+        ----------
+        h : torch.Tensor of shape (m, n_hidden)
+        indices : int tensor or array of shape (m, K)
+
+        Returns
+        -------
+        a : torch.Tensor (m, K); q : (m,); s : (m,) or None
+        """
+        if self.mode != "batch":
+            raise ValueError("spherical_stats() needs mode='batch': an online "
+                             "update needs a loss the layer knows (the "
+                             "module's forward)")
+        if not self._training_call():
+            return _fs_spherical_stats(h, self.layer, indices, 0.0)
+        n = self.layer.n_outputs
+        stats, _ = self._batch_stats(
+            h, lambda m: _check_indices(indices, m, n, "indices"))
+        return stats
+
+    def _training_call(self):
+        return self.training and torch.is_grad_enabled()
+
+    def _batch_stats(self, h, parse):
+        """The collective part of a batch-mode training call: validate this
+        rank's input (``parse(m)`` -> indices), the header exchange, then
+        the differentiable (a, q, s) whose backward exchanges and applies
+        the global update.  Returns ((a, q, s), m)."""
+        layer = self.layer
+        local_exc = stats = None
+        m = K = 0
+        try:
+            h = _check_hidden(h, layer)
+            m = h.shape[0]
+            idx = parse(m)
+            K = idx.shape[1]
+            stats = layer.forward(_as_array(h), idx)     # validates H (finite) too
+        except Exception as exc:                  # refused everywhere below
+            local_exc = exc
+        hdrs = self._exchange_headers(local_exc, m, K)
+        anchor = torch.empty(0, dtype=h.dtype, requires_grad=True)
+        call = {"hdrs": hdrs, "idx": idx, "steps": self.steps,
+                "lr": self._lr, "weight_decay": self._weight_decay}
+        return _BatchStats.apply(h.contiguous(), anchor, stats, self, call), m
+
+    def _online_forward(self, h, targets):
+        """The collective online step; returns (this rank's losses, m)."""
+        layer = self.layer
+        local_exc = None
+        m = K = 0
+        try:
+            h = _check_hidden(h, layer)
+            m = h.shape[0]
+            idx, raw = self._online_targets(targets, m)
+            # what layer.step() will check on the concatenation, checked
+            # here on this rank's part, so that it cannot fail there
+            H = check_hidden(_as_array(h), layer.n_hidden, layer.dtype)
+            if idx.shape[1]:
+                layer.loss.check_targets(parse_targets(
+                    (idx, raw), m, layer.n_outputs, layer.dtype))
+            K = idx.shape[1]
+        except Exception as exc:                  # refused everywhere below
+            local_exc = exc
+        hdrs = self._exchange_headers(local_exc, m, K)
+        anchor = torch.empty(0, dtype=h.dtype, requires_grad=True)
+        L, G = self._online_step(hdrs, H, idx, raw)
+        return _OnlineLoss.apply(h.contiguous(), anchor, L, G), m
 
     def _online_targets(self, targets, m):
         """(indices, values (m, K) float64 array, duplicates not merged)."""

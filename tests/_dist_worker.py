@@ -52,9 +52,19 @@ LOSSES = {"squared": SquaredError(), "spherical_softmax": SphericalSoftmax(eps=0
 
 
 def make_layer(cfg):
+    if cfg["loss"] == "custom":      # a loss written in torch on (a, q, s)
+        return fastsparse.FactoredOutputLayer(
+            D, d, dtype=np.dtype(cfg["dtype"]), seed=1, bias=cfg["bias"],
+            track_sum=True)
     return fastsparse.FactoredOutputLayer(
         D, d, dtype=np.dtype(cfg["dtype"]), seed=1, loss=LOSSES[cfg["loss"]],
         bias=cfg["bias"])
+
+
+def custom_loss(a, q, s):
+    """Per-example loss of the spherical family written in torch (uses a, q
+    and s, so that every gradient column is exchanged)."""
+    return q - 2 * a[:, 0] + 1 + 0.01 * s * s
 
 
 class Whole(torch.nn.Module):
@@ -79,7 +89,11 @@ def train(cfg, rank, world, steps, start=0, out=None, body=None,
         out = DistributedFactoredOutput(
             make_layer(cfg), cfg["lr"], reduction="mean", mode=cfg["mode"],
             timeout=30, check_every=cfg.get("check_every", 10))
-    if cfg.get("whole"):     # DDP around the body *and* the output layer
+    if cfg["loss"] == "custom":
+        ddp = torch.nn.parallel.DistributedDataParallel(body)
+        run = lambda x, y: custom_loss(   # noqa: E731
+            *out.spherical_stats(ddp(x), y[:, None])).mean()
+    elif cfg.get("whole"):     # DDP around the body *and* the output layer
         model = torch.nn.parallel.DistributedDataParallel(Whole(body, out))
         run = lambda x, y: model(x, y)   # noqa: E731
         ddp = model
@@ -130,7 +144,9 @@ EQUIV = [dict(loss=loss, mode=mode, dtype=dt, bias=bias, lr=lr, steps=100,
                                 ("spherical_softmax", 0.2, True))
          for mode in ("batch", "online")
          for dt in ("float64", "float32")
-         for whole in [mode == "batch" and dt == "float32"]]
+         for whole in [mode == "batch" and dt == "float32"]] + [
+    dict(loss="custom", mode="batch", dtype=dt, bias=True, lr=0.02, steps=100,
+         whole=False) for dt in ("float64", "float32")]
 
 
 def scenario_equiv(rank, world):

@@ -22,8 +22,9 @@ if not (torch.distributed.is_available() and torch.distributed.is_gloo_available
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
 import fastsparse  # noqa: E402
-from fastsparse.torch import FactoredOutput  # noqa: E402
-from fastsparse.distributed import _HEADER  # noqa: E402
+from fastsparse.torch import FactoredOutput, spherical_stats  # noqa: E402
+from fastsparse.distributed import (DistributedFactoredOutput,  # noqa: E402
+                                    _HEADER, fingerprint)
 
 import _dist_worker as W  # noqa: E402
 from conftest import rel_err  # noqa: E402
@@ -91,7 +92,11 @@ def reference(cfg):
     for t in range(cfg["steps"]):
         opt.zero_grad()
         h = body(torch.from_numpy(X[t]))
-        if cfg["mode"] == "batch":
+        if cfg["loss"] == "custom":
+            L = W.custom_loss(*spherical_stats(h, layer, Y[t][:, None], cfg["lr"]))
+            L.mean().backward()
+            L = L.detach().numpy()
+        elif cfg["mode"] == "batch":
             L = out(h, torch.from_numpy(Y[t]))
             L.mean().backward()
             L = L.detach().numpy()
@@ -135,7 +140,8 @@ def test_equals_one_process_on_concatenated_minibatches(equiv, i):
     output layer and lower layers equal one process training on the
     concatenated minibatches (reduction="mean"): batch mode = one minibatch
     update of the global minibatch, online mode = layer.step(mode="online")
-    on the concatenation in rank order."""
+    on the concatenation in rank order; "custom": a loss written in torch
+    on out.spherical_stats() = fastsparse.torch.spherical_stats."""
     cfg = W.EQUIV[i]
     L, G, Wref, bref, body = reference(cfg)
     tol, gtol = TOL[cfg["dtype"]]
@@ -173,8 +179,8 @@ def test_exchange_is_the_minibatch_only(equiv, i):
     cfg, rec = W.EQUIV[i], equiv[0][i]
     isz = np.dtype(cfg["dtype"]).itemsize
     K = 1
-    if cfg["mode"] == "batch":
-        row = W.d * isz + 8 * K + isz * K + isz
+    if cfg["mode"] == "batch":       # + dL/ds when the layer tracks s
+        row = W.d * isz + 8 * K + isz * K + isz + isz * (cfg["loss"] == "custom")
     else:
         row = W.d * isz + 8 * K + 8 * K
     assert set(rec["bytes_sent"]) == {_HEADER.size + W.m * row}
@@ -267,6 +273,89 @@ def test_dead_or_stuck_rank_fails_the_other_within_the_timeout(tmp_path, how):
     assert r0["elapsed"] < W.TIMEOUT + 5
     if how == "kill":
         assert codes[1] == -signal.SIGKILL
+
+
+# ------------------------------------------------ one rank, in this process
+def test_needs_an_initialised_process_group():
+    if torch.distributed.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    layer = fastsparse.FactoredOutputLayer(50, 4, seed=0)
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        DistributedFactoredOutput(layer, 0.1)
+
+
+@pytest.fixture(scope="module")
+def one_rank():
+    """A gloo group of one process (this one), for the API's local checks."""
+    dist = torch.distributed
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}",
+                            rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_one_rank_equals_factored_output(one_rank, rng):
+    """With one rank, batch mode is FactoredOutput bit for bit (lr / 1), and
+    online mode is layer.step(mode="online")."""
+    kw = dict(dtype=np.float32, seed=3, loss="spherical_softmax", bias=True)
+    a, b, c = (fastsparse.FactoredOutputLayer(60, 6, **kw) for _ in range(3))
+    out_a = DistributedFactoredOutput(a, 0.1, reduction="mean")
+    out_b = FactoredOutput(b, 0.1, reduction="mean")
+    out_c = DistributedFactoredOutput(c, 0.1, mode="online")
+    for t in range(4):
+        H = np.tanh(rng.standard_normal((5, 6))).astype(np.float32)
+        y = rng.integers(0, 60, 5)
+        ha, hb, hc = (torch.tensor(H, requires_grad=True) for _ in range(3))
+        La, Lb = out_a(ha, y), out_b(hb, y)
+        La.backward()
+        Lb.backward()
+        assert La.item() == Lb.item() and torch.equal(ha.grad, hb.grad)
+        Lc = out_c(hc, y)
+        Lc.backward()
+        if t == 0:
+            ref = fastsparse.FactoredOutputLayer(60, 6, **kw)
+        L_on, G_on = ref.step(H, y, 0.1, mode="online")
+        assert Lc.item() == torch.from_numpy(L_on).sum().item()
+        assert np.array_equal(hc.grad.numpy(), G_on)
+    assert a.weights().tobytes() == b.weights().tobytes()
+    assert c.weights().tobytes() == ref.weights().tobytes()
+    assert out_a.steps == out_c.steps == 4
+
+
+def test_eval_and_no_grad_are_local(one_rank, rng):
+    layer = fastsparse.FactoredOutputLayer(60, 6, seed=3, dtype=np.float64)
+    out = DistributedFactoredOutput(layer, 0.1)
+    n, fp = out.stats["exchanges"], fingerprint(layer)
+    h, y = torch.tensor(rng.standard_normal((5, 6))), rng.integers(0, 60, 5)
+    with torch.no_grad():
+        out(h, y)
+    out.eval()
+    out(h.requires_grad_(), y).backward()
+    a, q, s = out.spherical_stats(h, y[:, None])
+    assert out.stats["exchanges"] == n and fingerprint(layer) == fp
+    assert out.steps == 0
+
+
+def test_argument_errors(one_rank):
+    layer = fastsparse.FactoredOutputLayer(50, 4, seed=0)
+    for kw, exc in [({"mode": "minibatch"}, ValueError), ({"average": 1}, TypeError),
+                    ({"check_every": -1}, ValueError), ({"timeout": 0}, ValueError),
+                    ({"reduction": "max"}, ValueError), ({"weight_decay": -1}, ValueError)]:
+        with pytest.raises(exc):
+            DistributedFactoredOutput(layer, 0.1, **kw)
+    cb = fastsparse.FactoredOutputLayer(50, 4, seed=0, loss=lambda a, q, s, v: (
+        q, np.zeros_like(a), np.ones_like(q), np.zeros_like(q)))
+    with pytest.raises(ValueError, match="online"):
+        DistributedFactoredOutput(cb, 0.1, mode="online")
+    out = DistributedFactoredOutput(layer, 0.1, mode="online")
+    with pytest.raises(ValueError, match="mode='batch'"):
+        out.spherical_stats(torch.zeros(2, 4), np.zeros((2, 1), np.int64))
+    with pytest.raises(ValueError, match="src"):
+        out.save("x.npz", src=1)
+    # a refused call on the only rank: its own error, nothing exchanged after
+    with pytest.raises(IndexError):
+        out(torch.zeros(2, 4), torch.tensor([0, 50]))
+    assert out.steps == 0
 
 
 # ------------------------------------------------------------ the example
