@@ -27,7 +27,7 @@ from fastsparse.distributed import (DistributedFactoredOutput,  # noqa: E402
                                     _HEADER, fingerprint)
 
 import _dist_worker as W  # noqa: E402
-from conftest import rel_err  # noqa: E402
+from _helpers import rel_err  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "_dist_worker.py"
 WORLD = 2
@@ -131,6 +131,7 @@ def equiv(tmp_path_factory):
 TOL = {"float64": (1e-12, 1e-12), "float32": (2e-5, 2e-4)}     # (values, gradients)
 
 
+@pytest.mark.slow    # 2 processes on loopback
 @pytest.mark.parametrize("i", range(len(W.EQUIV)),
                          ids=[f"{c['loss']}-{c['mode']}-{c['dtype']}"
                               f"{'-whole_model_in_ddp' if c['whole'] else ''}"
@@ -160,6 +161,7 @@ def test_equals_one_process_on_concatenated_minibatches(equiv, i):
             assert rel_err(p, ref) < tol
 
 
+@pytest.mark.slow    # 2 processes on loopback
 @pytest.mark.parametrize("i", range(len(W.EQUIV)))
 def test_replicas_bitwise_identical_after_100_steps(equiv, i):
     r0, r1 = equiv[0][i], equiv[1][i]
@@ -170,6 +172,7 @@ def test_replicas_bitwise_identical_after_100_steps(equiv, i):
         assert r0["b"].tobytes() == r1["b"].tobytes()
 
 
+@pytest.mark.slow    # 2 processes on loopback
 @pytest.mark.parametrize("i", range(len(W.EQUIV)))
 def test_exchange_is_the_minibatch_only(equiv, i):
     """Per step, a rank sends its header and its m rows (h, indices and
@@ -195,6 +198,7 @@ def faults(tmp_path_factory):
     return res
 
 
+@pytest.mark.slow    # 2 processes on loopback
 @pytest.mark.parametrize("mode", ["batch", "online"])
 @pytest.mark.parametrize("case,own_error", [
     ("index", "IndexError"), ("shape", "ValueError"), ("nan", "ValueError"),
@@ -212,6 +216,7 @@ def test_bad_input_on_one_rank_is_refused_on_every_rank(faults, mode, case,
     assert r0["before"] == r1["before"]
 
 
+@pytest.mark.slow    # 2 processes on loopback
 @pytest.mark.parametrize("mode", ["batch", "online"])
 @pytest.mark.parametrize("case", ["K", "lr"])
 def test_disagreeing_calls_are_refused(faults, mode, case):
@@ -225,6 +230,7 @@ def test_disagreeing_calls_are_refused(faults, mode, case):
     assert faults[0][mode, "after"] == faults[1][mode, "after"]
 
 
+@pytest.mark.slow    # 2 processes on loopback
 def test_divergence_is_detected(faults):
     """Rank 1 trains its replica outside the module: the on-demand check and
     the scheduled one (every 4 steps) raise on both ranks, naming rank 1."""
@@ -237,6 +243,7 @@ def test_divergence_is_detected(faults):
         assert "scheduled check at step 4" in msg
 
 
+@pytest.mark.slow    # 2 processes on loopback
 def test_checkpoint_restart_continues_bit_for_bit(faults):
     """Rank 0 writes the layer's checkpoint at step 10 (the body with
     torch.save); every rank loads it and the restarted run ends bit for bit
@@ -252,12 +259,14 @@ def test_checkpoint_restart_continues_bit_for_bit(faults):
         faults[1]["restart"]["full"]["fingerprint"]
 
 
+@pytest.mark.slow    # 2 processes on loopback
 def test_unreadable_checkpoint_fails_on_every_rank(faults):
     assert faults[1]["bad_load"][0] == "FileNotFoundError"
     assert faults[0]["bad_load"][0] == "PeerInputError"
     assert "rank(s) [1]" in faults[0]["bad_load"][1]
 
 
+@pytest.mark.slow    # 2 processes on loopback
 @pytest.mark.parametrize("how", ["kill", "raise"])
 def test_dead_or_stuck_rank_fails_the_other_within_the_timeout(tmp_path, how):
     """Rank 1 is killed (SIGKILL) or raises and stays alive, before its 4th
