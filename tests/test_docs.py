@@ -1,5 +1,7 @@
 """The README's Python code blocks run as pasted and print something, and
-the Examples sections of the public docstrings hold (doctest)."""
+the Examples sections of the public docstrings hold (doctest).  A block
+whose fence says more than ``python`` (e.g. a sketch for torchrun) is a
+sketch of a program tested elsewhere."""
 import doctest
 import importlib
 import re
