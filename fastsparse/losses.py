@@ -32,6 +32,14 @@ _SQUARED, _SPHERICAL, _TAYLOR, _ZLOSS = (
     int(_kind.FS_LOSS_TAYLOR), int(_kind.FS_LOSS_ZLOSS))
 
 
+def _ns(x):
+    """The array library of ``x``: numpy, or torch for a tensor."""
+    if type(x).__module__.startswith("torch"):
+        import torch
+        return torch
+    return np
+
+
 class Loss:
     """A loss of the spherical family (base class).
 
@@ -71,6 +79,15 @@ class Loss:
         """(L, dL/da, dL/dq, dL/ds) of one example (NumPy, float64)."""
         raise NotImplementedError
 
+    def values(self, a, q, s, y, n_outputs):
+        """Per-example losses (m,) from the statistics of a minibatch: ``a``
+        and ``y`` (m, K) (``y`` the target values, duplicates merged),
+        ``q`` and ``s`` (m,).  Written once for every array library with
+        NumPy's function names (NumPy arrays or torch tensors; with torch
+        it is differentiable); :meth:`evaluate` and the compiled losses are
+        tested against it."""
+        raise NotImplementedError
+
     def proba(self, o, q, s, n_outputs):
         """Probabilities of outputs ``o`` (m, n) given q, s (m,)."""
         raise NotImplementedError
@@ -90,6 +107,9 @@ class SquaredError(Loss):
 
     def evaluate(self, a, y, q, s, n_outputs):
         return q - 2 * (y @ a) + y @ y, -2 * y, 1.0, 0.0
+
+    def values(self, a, q, s, y, n_outputs):         # ||o - y||^2
+        return q - 2 * (y * a).sum(1) + (y * y).sum(1)
 
 
 class SphericalSoftmax(Loss):
@@ -120,6 +140,11 @@ class SphericalSoftmax(Loss):
         L = -(y @ np.log(a * a + self.eps)) + y.sum() * np.log(Z)
         return L, -2 * y * a / (a * a + self.eps), y.sum() / Z, 0.0
 
+    def values(self, a, q, s, y, n_outputs):
+        xp = _ns(a)
+        return (-(y * xp.log(a * a + self.eps)).sum(1)
+                + y.sum(1) * xp.log(q + n_outputs * self.eps))
+
     def proba(self, o, q, s, n_outputs):
         return (o * o + self.eps) / (q + n_outputs * self.eps)[:, None]
 
@@ -145,6 +170,11 @@ class TaylorSoftmax(Loss):
         Z = n_outputs + s + 0.5 * q
         L = -(y @ np.log(f)) + y.sum() * np.log(Z)
         return L, -y * (1 + a) / f, y.sum() / (2 * Z), y.sum() / Z
+
+    def values(self, a, q, s, y, n_outputs):
+        xp = _ns(a)
+        f = 1 + a + 0.5 * a * a
+        return -(y * xp.log(f)).sum(1) + y.sum(1) * xp.log(n_outputs + s + 0.5 * q)
 
     def proba(self, o, q, s, n_outputs):
         return (1 + o + 0.5 * o * o) / (n_outputs + s + 0.5 * q)[:, None]
@@ -191,6 +221,14 @@ class ZLoss(Loss):
         dz = -y[0] / (1 + np.exp(-x))           # dL/dz = -y sigmoid(x)
         return (L, np.array([dz / sigma]), -dz * z / (2 * D * var),
                 dz * (z * mu / sigma - 1) / (D * sigma))
+
+    def values(self, a, q, s, y, n_outputs):
+        xp = _ns(a)
+        mu = s / n_outputs
+        sigma = xp.sqrt(q / n_outputs - mu * mu)
+        z = (a - mu[:, None]) / sigma[:, None]
+        x = self.alpha * (self.beta - z)
+        return (y * xp.logaddexp(xp.zeros_like(x), x)).sum(1) / self.alpha
 
     def __repr__(self):
         return f"ZLoss(alpha={self.alpha!r}, beta={self.beta!r})"

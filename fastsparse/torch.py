@@ -262,32 +262,17 @@ class _CallableLossFunction(torch.autograd.Function):
 
 
 def _loss_from_stats(loss, a, q, s, y, n_outputs):
-    """Per-example losses (m,) of the layer's loss from its statistics.
+    """Per-example losses (m,) of the layer's loss from its statistics, in
+    torch (the formulas of :meth:`fastsparse.losses.Loss.values`, defined
+    once for NumPy and torch).
 
     ``y`` are the target values with duplicates merged (a later duplicate
     has value 0), so that every formula may treat the K entries as
-    distinct.  Same formulas as :mod:`fastsparse.losses`.
+    distinct.
     """
-    D = n_outputs
     if isinstance(loss, CallableLoss):
         return _CallableLossFunction.apply(a, q, s, y, loss)
-    name = loss.name
-    if name == "squared":                     # ||o - y||^2
-        return q - 2 * (y * a).sum(1) + (y * y).sum(1)
-    if name == "spherical_softmax":
-        return (-(y * torch.log(a * a + loss.eps)).sum(1)
-                + y.sum(1) * torch.log(q + D * loss.eps))
-    if name == "taylor_softmax":
-        f = 1 + a + 0.5 * a * a
-        return -(y * torch.log(f)).sum(1) + y.sum(1) * torch.log(D + s + 0.5 * q)
-    if name == "z_loss":
-        mu = s / D
-        sigma = torch.sqrt(q / D - mu * mu)
-        z = (a - mu[:, None]) / sigma[:, None]
-        x = loss.alpha * (loss.beta - z)
-        return (y * torch.logaddexp(torch.zeros_like(x), x)).sum(1) / loss.alpha
-    raise TypeError(f"fastsparse.torch has no torch implementation of the "
-                    f"{name!r} loss")
+    return loss.values(a, q, s, y, n_outputs)
 
 
 def _first_occurrence(idx):

@@ -101,6 +101,32 @@ def test_loss_gradients_match_full_output_differentiation(loss, compiled,
     assert rel_err(G, G_ref) < 1e-10
 
 
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda l: l.name)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_values_once_for_numpy_and_torch(loss, seed):
+    # Loss.values is the one definition of each loss for every array
+    # library: it matches evaluate() and the compiled loss, in NumPy, and
+    # its torch autograd gives evaluate()'s gradients
+    o, idx, y = _example(loss, seed)
+    a, q, s = o[idx], o @ o, o.sum()
+    L_np = loss.values(a[None, :], np.array([q]), np.array([s]), y[None, :], D)[0]
+    L_ev, ga, gq, gs = loss.evaluate(a, y, q, s, D)
+    ga_c = np.empty_like(a)
+    status, L_c, _, _ = _core._py_eval_loss(loss.kind, D, loss.params, a, y, q, s, ga_c)
+    assert status == 0
+    assert abs(L_np - L_ev) <= 1e-12 * abs(L_ev) and abs(L_np - L_c) <= 1e-12 * abs(L_c)
+    torch = pytest.importorskip("torch")
+    at, qt, st = (torch.tensor(x, dtype=torch.float64, requires_grad=True)
+                  for x in (a[None, :], [q], [s]))
+    Lt = loss.values(at, qt, st, torch.tensor(y[None, :]), D)
+    Lt.sum().backward()
+    assert abs(Lt.item() - L_ev) <= 1e-12 * abs(L_ev)
+    np.testing.assert_allclose(at.grad.numpy()[0], ga, rtol=1e-10, atol=1e-14)
+    gs_t = 0.0 if st.grad is None else st.grad.item()     # s unused
+    np.testing.assert_allclose([qt.grad.item(), gs_t], [gq, gs],
+                               rtol=1e-10, atol=1e-14)
+
+
 # ---- factored vs naive for every loss, mode, dtype, bias -----------------
 def _squared_callable(a, q, s, values):
     return (q - 2 * (values * a).sum(1) + (values * values).sum(1),
