@@ -4,7 +4,7 @@ The promise is the dense layer's results to floating-point rounding.  These
 tests train on data shaped like text (tests/_streams.py: frequent contexts
 repeat exactly), on near-singular updates, and on the corner cases that
 once broke the layer; the factored layer is compared with the naive layer
-of the same dtype, both against a float64 (or exact) dense reference.
+of the same dtype, both against a wider (or exact) dense reference.
 """
 import os
 import subprocess
@@ -26,20 +26,27 @@ from _streams import precision_run
 @pytest.mark.parametrize("zipf", [1.1, 1.3])
 def test_text_stream_as_close_to_the_truth_as_the_dense_layer(dtype, mode, lr,
                                                              zipf):
-    # 20 000 examples in calls of 64 (online: one update per example;
-    # batch: one per call, summed).  The dense runs converge at these
-    # learning rates.  Bar: within 10x the errors of the naive layer of the
-    # same dtype (goal 3x) -- or of float64 dense SGD's own rounding, which
-    # the naive float64 layer's error against the float64 truth (the same
-    # BLAS calls) underestimates (tests/_streams.py, precision_run).
+    # Calls of 64 examples (online: one update per example; batch: one per
+    # call, summed); the dense runs converge at these learning rates.
+    # float32: 20 000 examples, D = 20 000, d = 64, float64 truth.  float64:
+    # a long-double truth (tests/_streams.py, truth_dtype), which costs
+    # more: 10 000 examples, D = 2 000, d = 32 (contexts repeat more often;
+    # main 9a4b701 was 1e5 to 1e15 ulps off there).  Bar: within 10x the
+    # errors of the naive layer of the same dtype (goal 3x), or of 2 ulps
+    # when the naive layer happens to be closer than that.
     from threadpoolctl import threadpool_limits
+    if dtype == "float64" and np.finfo(np.longdouble).eps > 1e-18:
+        pytest.skip("long double is not wider than float64 here")
+    size = ({} if dtype == "float32"
+            else {"D": 2_000, "d": 32, "examples": 10_000})
     with threadpool_limits(1):
-        res, health = precision_run(dtype, mode, lr, zipf)
-    (lf, ln, ls), (wf, wn, ws) = res["loss"], res["weights"]
-    msg = (f"loss {lf:.2e} vs naive {ln:.2e} (float64 spread {ls:.2e}); "
-           f"W {wf:.2e} vs naive {wn:.2e} (spread {ws:.2e}); {health}")
-    assert lf <= 10 * max(ln, ls), msg
-    assert wf <= 10 * max(wn, ws), msg
+        res, health = precision_run(dtype, mode, lr, zipf, **size)
+    (lf, ln), (wf, wn) = res["loss"], res["weights"]
+    floor = 2 * float(np.finfo(dtype).eps)
+    msg = (f"loss {lf:.2e} vs naive {ln:.2e}; W {wf:.2e} vs naive {wn:.2e}; "
+           f"{health}")
+    assert lf <= 10 * max(ln, floor), msg
+    assert wf <= 10 * max(wn, floor), msg
     print(f"\n{dtype} {mode} zipf {zipf}: {msg}")
 
 
