@@ -58,13 +58,16 @@ BAD_CALLS = [
 ]
 
 
+# (dtype, bad call): the overflow case (exc None) is bad in float32 only
+_DTYPE_CALLS = [(dtype, *call) for dtype in (np.float32, np.float64)
+                for call in BAD_CALLS
+                if not (call[4] is None and dtype == np.float64)]
+
+
 @pytest.mark.parametrize("cls", LAYERS)
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("H,targets,lr,mode,exc,pattern", BAD_CALLS)
+@pytest.mark.parametrize("dtype,H,targets,lr,mode,exc,pattern", _DTYPE_CALLS)
 def test_refused_call_changes_nothing(cls, dtype, H, targets, lr, mode, exc, pattern):
     if exc is None:  # 1e300 overflows only when cast to float32
-        if dtype == np.float64:
-            pytest.skip("finite in float64")
         exc, pattern = ValueError, r"H contains a non-finite value \(NaN or Inf, possibly from overflow"
     layer = _layer(cls, dtype)
     before = _state(layer)
