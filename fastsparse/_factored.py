@@ -79,7 +79,7 @@ class FactoredOutputLayer(OutputLayerBase):
         mode applies the exact per-example updates in order; within a block
         it computes them with delayed updates, so that the d x d state is
         rewritten once per block with BLAS-3 calls instead of once per
-        example with BLAS-2 calls (``src_c/fs_online.h``).  ``0`` selects
+        example with BLAS-2 calls.  ``0`` selects
         the sequential BLAS-2 kernel (the reference it is tested against).
         Same results to rounding; only the speed differs.
     single_thread_blas : bool
@@ -306,7 +306,7 @@ class FactoredOutputLayer(OutputLayerBase):
         if status != _S.FS_OK:
             self._raise_status(status, ctl.bad, 0)
         if lr > 0:
-            self._health.after_examples(self._st, Ha.shape[0], ctl)
+            self._health.after_examples(self._st, Ha.shape[0], ctl, updates=1)
 
     def _backward(self, H, tg, gq, gs, lr, wd):
         Ha = self._augment(H)

@@ -62,15 +62,18 @@ class StabilityControl:
         directly, in one pass over V, instead of making U ill-conditioned.
         0 < min_abs_r < 1.
     check_every : int, default 256
-        Largest number of examples between two checks, whatever the bounds
-        say (a check costs a few d x d x k products).
+        Largest number of updates of U between two checks, whatever the
+        bounds say (a check costs a few d x d x k products): examples in
+        online mode, calls in minibatch mode (one update each).  The bounds
+        follow every update; this schedule watches the running inverse's
+        drift, which grows with the number of updates.
     inverse_tol : float, optional
         Bound on the relative error ``||U Uinv x - x|| / ||x||`` of the
         running inverse; default ``32 * eps`` in float32 and 1e-12 in
         float64.
     inverse_every : int, default 100000
-        Recompute the inverse at least this often (examples); 0: never on
-        schedule.
+        Recompute the inverse at least this often (updates of U, counted as
+        for ``check_every``); 0: never on schedule.
     scale_exp : int, default 16
         U is rescaled (by a power of two, exactly) to a largest singular
         value near 1 when a bound says that value, or ``1 / sigma_min``, may
@@ -151,14 +154,16 @@ class StabilityControl:
                 or ctl.smax2 > lim or ctl.sinv2 > lim)
 
     # ------------------------------------------------------------ schedule
-    def after_examples(self, st, n, ctl):
-        """Count n applied examples; run a check when one is due."""
+    def after_examples(self, st, n, ctl, updates=None):
+        """Count n applied examples in ``updates`` updates of U (default n:
+        online; a minibatch step is one); run a check when one is due."""
         if n <= 0:
             return
+        updates = n if updates is None else updates
         self.steps += n
         self.steps_since_renormalization += n
-        self._since_check += n
-        self._since_inverse += n
+        self._since_check += updates
+        self._since_inverse += updates
         self.counts["near_singular_updates"] += ctl.n_split
         self.min_factor = min(self.min_factor, ctl.min_factor)
         if self.enabled and (self._since_check >= self.check_every
