@@ -30,7 +30,7 @@ layers are trained by any torch optimiser as usual::
 With the same learning rate (and weight decay) this is exactly, to
 floating-point rounding, ``torch.optim.SGD`` over a dense
 ``nn.Linear(d, D)`` output layer trained on the same loss written on all D
-outputs (tested in ``tests/test_torch.py``).
+outputs (the project's tests check it).
 
 Public names: :class:`FactoredOutput` (an ``nn.Module`` computing a
 built-in loss) and :func:`spherical_stats` (the differentiable statistics
