@@ -76,8 +76,10 @@ VARIANT_KEYS = {
     "schedule": "const",     # const | linear (to 0 at the budget)
     "bias_init": "zero",     # factored: zero | unigram
     "init_scale": None,      # factored: std of the initial W (None: 1/sqrt(d))
+    "mode": "batch",         # factored: batch (FactoredOutput) | online
     "max_cond": None,        # factored: stability={"max_cond": ...}
     "min_abs_r": None,       # factored: stability={"min_abs_r": ...}
+    "check_every": None,     # factored: stability={"check_every": ...}
     "eps": None, "alpha": None, "beta": None,      # loss parameters
     "cutoffs": None, "div_value": None, "head_bias": 0,  # adaptive
 }
@@ -105,6 +107,8 @@ def parse_variant(label):
         except ValueError:
             pass
         cfg[key] = value
+    if cfg["mode"] not in ("batch", "online"):
+        raise ValueError(f"variant {label!r}: mode must be batch or online")
     if cfg["schedule"] not in ("const", "linear"):
         raise ValueError(f"variant {label!r}: schedule must be const or linear")
     return cfg
@@ -233,17 +237,32 @@ class FactoredHead:
             bias = unigram_bias(name, counts, cfg["eps"] or 0.0).astype(np.float32)
         elif cfg["bias_init"] != "zero":
             raise ValueError(f"bias_init must be zero or unigram, got {cfg['bias_init']!r}")
-        stability = {k: cfg[k] for k in ("max_cond", "min_abs_r") if cfg[k] is not None}
+        stability = {k: (int(cfg[k]) if k == "check_every" else cfg[k])
+                     for k in ("max_cond", "min_abs_r", "check_every")
+                     if cfg[k] is not None}
         kw = {"stability": stability} if stability else {}
         self.layer = fastsparse.FactoredOutputLayer(
             D, d, loss=loss, bias=bias, dtype=np.float32, seed=seed,
             init_scale=cfg["init_scale"], **kw)
+        self.mode = cfg["mode"]
+        if self.mode not in ("batch", "online"):
+            raise ValueError(f"mode must be batch or online, got {self.mode!r}")
         self.out = FactoredOutput(self.layer, lr=lr, reduction="mean")
+        self.lr = lr
 
     def set_lr(self, lr):
-        self.out.lr = lr
+        self.out.lr = self.lr = lr
 
     def train(self, h, y):
+        if self.mode == "online":
+            # one exact update per example, in order (layer.step); the body
+            # gets the mean of the gradients each example saw, as with the
+            # mean loss; per-example lr = lr / m (the minibatch step's scale)
+            m = len(y)
+            loss, gH = self.layer.step(h.detach().numpy(), y.numpy(), self.lr / m,
+                                       mode="online")
+            h.grad = self.torch.from_numpy(gH / np.float32(m))
+            return float(loss.mean())
         loss = self.out(h, y)
         loss.backward()
         return loss.item()

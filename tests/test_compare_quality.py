@@ -45,7 +45,7 @@ def test_compare_quality_tiny(cq, tmp_path, capsys):
     corpus = tiny_corpus(tmp_path / "tiny.txt")
     out = tmp_path / "res.json"
     variants = ["dense:d=16", "adaptive:d=16,cutoffs=20/80",
-                "fs-spherical:d=16,bias_init=unigram", "fs-zloss:d=16",
+                "fs-spherical:d=16,bias_init=unigram,mode=online,check_every=1024", "fs-zloss:d=16",
                 "fs-squared:d=16,lr=0.01,schedule=linear"]
     rc = cq.main(["--corpus", str(corpus), "--cache-dir", str(tmp_path / "cache"),
                   "--lrs", str(tmp_path / "lrs.json"), "--json", str(out),
