@@ -526,8 +526,9 @@ def parse_args(argv=None):
                    help="vocabulary: training words seen at least this often (default 3)")
     p.add_argument("--test-tokens", type=int, default=20_000)
     p.add_argument("--valid-tokens", type=int, default=5_000)
-    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, metavar="V",
-                   help="variants, base[:key=value,...] (default: %(default)s)")
+    p.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, metavar="V",
+                   help="variants, base[:key=value,...] (default: %(default)s); "
+                        "none with --include: only report the included runs")
     p.add_argument("--budgets", type=float, nargs="+", default=[60.0, 180.0],
                    metavar="S", help="CPU budgets in seconds (default 60 180)")
     p.add_argument("--plot-points", type=float, nargs="*", default=[20.0],
@@ -545,6 +546,9 @@ def parse_args(argv=None):
                    help="tuned learning rates, read and updated "
                         "(default bench/results/quality-lrs.json)")
     p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--include", nargs="*", default=[], metavar="JSON",
+                   help="add the runs of earlier --json files (same corpus) to the "
+                        "table and plot; variants run now take precedence")
     p.add_argument("--plot", metavar="PNG", help="write the plot (needs matplotlib)")
     p.add_argument("--cache-dir", metavar="DIR", help="corpus cache directory")
     p.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (default 1)")
@@ -614,6 +618,15 @@ def main(argv=None):
                                                  batch=args.batch, log=log)]
             runs.append({"seed": seed, "lr": lr, "checkpoints": cps})
         results[label] = runs
+    for path in args.include:
+        with open(path) as f:
+            old = json.load(f)
+        if old["environment"]["D"] != env["D"]:
+            print(f"error: {path} was run on another vocabulary (D = "
+                  f"{old['environment']['D']})", file=sys.stderr)
+            return 2
+        for label, runs in old["results"].items():
+            results.setdefault(label, runs)
     print()
     print(table(results, args.budgets))
     fac = [(lab, r["checkpoints"][-1]) for lab, runs in results.items() for r in runs[:1]
