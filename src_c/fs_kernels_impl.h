@@ -6,32 +6,65 @@
 #define F(name) FS_CAT(name, S)
 
 /* ------------------------------------------------------------- helpers */
+/* The three reductions below run over O(m d) and O(D d) data on every
+ * step: four independent accumulators (the order is fixed, so results stay
+ * deterministic) instead of one dependency chain. */
 static inline double F(fs_dot)(ptrdiff_t n, const T *x, const T *y)
 {
-    double acc = 0.0;
-    for (ptrdiff_t c = 0; c < n; ++c)
-        acc += (double)x[c] * y[c];
-    return acc;
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    ptrdiff_t c = 0;
+    for (; c + 4 <= n; c += 4) {
+        a0 += (double)x[c] * y[c];
+        a1 += (double)x[c + 1] * y[c + 1];
+        a2 += (double)x[c + 2] * y[c + 2];
+        a3 += (double)x[c + 3] * y[c + 3];
+    }
+    for (; c < n; ++c)
+        a0 += (double)x[c] * y[c];
+    return (a0 + a1) + (a2 + a3);
 }
 
+/* max |x[c]|; NaN if x holds a NaN */
 static inline double F(fs_amax)(ptrdiff_t n, const T *x)
 {
-    double m = 0.0;
-    for (ptrdiff_t c = 0; c < n; ++c) {
-        const double a = fabs((double)x[c]);
-        if (!(a <= m))      /* also catches NaN */
-            m = a;
+    double m0 = 0.0, m1 = 0.0, m2 = 0.0, m3 = 0.0;
+    int nan = 0;
+    ptrdiff_t c = 0;
+    for (; c + 4 <= n; c += 4) {
+        const double b0 = fabs((double)x[c]), b1 = fabs((double)x[c + 1]),
+                     b2 = fabs((double)x[c + 2]), b3 = fabs((double)x[c + 3]);
+        nan |= (b0 != b0) | (b1 != b1) | (b2 != b2) | (b3 != b3);
+        m0 = b0 > m0 ? b0 : m0;
+        m1 = b1 > m1 ? b1 : m1;
+        m2 = b2 > m2 ? b2 : m2;
+        m3 = b3 > m3 ? b3 : m3;
     }
-    return m;
+    for (; c < n; ++c) {
+        const double b = fabs((double)x[c]);
+        nan |= b != b;
+        m0 = b > m0 ? b : m0;
+    }
+    if (nan)
+        return NAN;
+    m0 = m1 > m0 ? m1 : m0;
+    m2 = m3 > m2 ? m3 : m2;
+    return m2 > m0 ? m2 : m0;
 }
 
-/* whether x holds no NaN/Inf (a NaN or Inf makes the sum non-finite) */
+/* whether x holds no NaN/Inf (a NaN or Inf makes a sum non-finite) */
 static inline int F(fs_finite)(ptrdiff_t n, const T *x)
 {
-    double acc = 0.0;
-    for (ptrdiff_t c = 0; c < n; ++c)
-        acc += x[c];
-    return isfinite(acc);
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
+    ptrdiff_t c = 0;
+    for (; c + 4 <= n; c += 4) {
+        a0 += x[c];
+        a1 += x[c + 1];
+        a2 += x[c + 2];
+        a3 += x[c + 3];
+    }
+    for (; c < n; ++c)
+        a0 += x[c];
+    return isfinite(a0) && isfinite(a1) && isfinite(a2) && isfinite(a3);
 }
 
 /* ---------------------------------------------- the low-rank pass (§4) */
@@ -500,7 +533,7 @@ int F(fs_forward)(ptrdiff_t D, int d, const T *V, const T *U, const T *M,
  * on it, mu the eigenvalues of a small symmetric matrix S:
  *   m <= d, dv >= 0:  S = diag(sqrt dv) H H^T diag(sqrt dv)  (m x m);
  *   m <= d, mixed:    S = R diag(dv) R^T with H^T = Q R        (m x m);
- *   m > d:            S = H^T diag(dv) H                      (d x d).
+ *   m > d, or mixed and m >= 0.8 d:   S = H^T diag(dv) H      (d x d).
  * Returns the number k of eigenvalues with |lam| < split (0 excluded: 1 - 0
  * is no eigenvalue of S's null space), their unit eigenvectors as the rows
  * of N (k x d, double) and E = 1 - lam; lam_lo/lam_hi: the smallest and
@@ -515,7 +548,9 @@ static int F(fs_spectrum)(int m, int d, const T *H, const T *HHt,
     for (int i = 0; i < m; ++i)
         if (dv[i] < 0)
             mode = 1;
-    if (m > d)
+    /* mixed signs need a QR of H^T (O(d m^2)) and an m x m product: from
+     * m >= 0.8 d on, the d x d form is cheaper (one gemm) */
+    if (m > d || (mode == 1 && 5 * m >= 4 * d))
         mode = 2;
     p = mode == 2 ? d : m;
     const int lwork = 66 * (m > d ? m : d) + 1;

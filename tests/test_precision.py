@@ -52,18 +52,23 @@ def test_text_stream_as_close_to_the_truth_as_the_dense_layer(dtype, mode, lr,
 
 # ---- near-singular updates ---------------------------------------------------
 def _exact_run(dtype, first_H, first_t, lr, mode, steps=50, D=300, d=6, seed=0,
-               lr_after=0.05):
+               lr_after=0.05, loss="squared"):
     """The factored and naive layers of ``dtype`` and a float64 dense
     reference, after a near-singular first call (learning rate ``lr``) and
-    ``steps`` ordinary ones (``lr_after``); returns the worst relative
-    errors of losses, dL/dH and W."""
+    ``steps`` ordinary ones (``lr_after``; a callable ``loss`` gets targets
+    (index, 1.0)); returns the worst relative errors of losses, dL/dH and
+    W."""
     rng = np.random.default_rng(seed)
     W0 = (0.3 * rng.standard_normal((D, d))).astype(dtype)
-    layers = {"fact": FactoredOutputLayer.from_weights(W0),
-              "naive": NaiveOutputLayer.from_weights(W0),
-              "ref": NaiveOutputLayer.from_weights(W0.astype(np.float64))}
+    layers = {"fact": FactoredOutputLayer.from_weights(W0, loss=loss),
+              "naive": NaiveOutputLayer.from_weights(W0, loss=loss),
+              "ref": NaiveOutputLayer.from_weights(W0.astype(np.float64),
+                                                   loss=loss)}
+
+    def targets(idx):
+        return (idx[:, None], np.ones((len(idx), 1))) if callable(loss) else idx
     calls = [(first_H, first_t)] + [
-        (0.4 * rng.standard_normal((8, d)), rng.integers(0, D, 8))
+        (0.4 * rng.standard_normal((8, d)), targets(rng.integers(0, D, 8)))
         for _ in range(steps)]
     err = {k: [0.0, 0.0] for k in ("fact", "naive")}
     for i, (H, t) in enumerate(calls):
@@ -101,6 +106,32 @@ def test_minibatch_with_a_near_singular_woodbury_matrix(dtype, lam):
     H = np.stack([h, h])
     lr = (1 - lam) / 4
     err, werr, health = _exact_run(dtype, H, np.array([3, 4]), lr, "batch")
+    _assert_as_exact(dtype, err, werr, health)
+    assert health["n_near_singular_updates"] >= 1
+    assert health["min_abs_factor"] <= abs(lam) + 1e-6
+
+
+def _signed_squared(a, q, s, values):
+    """The squared error weighted by the target's value v = +-1 (one target
+    per example): v (q - 2 a + 1); dL/dq = v, so that a minibatch can mix
+    the signs of dL/dq as the spherical softmax and the z-loss do."""
+    v = values[:, 0]
+    return v * (q - 2 * a[:, 0] + 1), -2 * values, v, np.zeros_like(q)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [6, 3], ids=["m<d", "m=d"])
+@pytest.mark.parametrize("lam", [5e-4, -5e-4])
+def test_near_singular_minibatch_with_mixed_signs(dtype, d, lam):
+    # H = [h; h; g], h and g orthonormal, dL/dq = (1, 1, -1):
+    # I - 2 lr H^T diag(dL/dq) H has the eigenvalues 1 - 4 lr = lam along h
+    # and 1 + 2 lr along g.  m < d and m = d take the two forms of the
+    # spectrum's small symmetric matrix (docs/algorithm.md §4.2)
+    h, g = np.eye(d)[0], np.eye(d)[1]
+    H = np.stack([h, h, g])
+    t = (np.array([[3], [4], [5]]), np.array([[1.0], [1.0], [-1.0]]))
+    err, werr, health = _exact_run(dtype, H, t, (1 - lam) / 4, "batch", d=d,
+                                   loss=_signed_squared)
     _assert_as_exact(dtype, err, werr, health)
     assert health["n_near_singular_updates"] >= 1
     assert health["min_abs_factor"] <= abs(lam) + 1e-6
