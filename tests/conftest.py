@@ -19,6 +19,13 @@ if os.path.isdir(_SRC) and not any(f.startswith("_core.") and f.endswith((".so",
     sys.modules.pop("fastsparse", None)
 
 
+def pytest_configure(config):
+    # also when the tests run without the checkout's pyproject.toml (.ci/run
+    # runs a copy of them against the installed wheel, with -m "not slow")
+    config.addinivalue_line(
+        "markers", "slow: long-running tests (run by .ci/run: pytest -m slow)")
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
