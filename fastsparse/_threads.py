@@ -87,7 +87,8 @@ def _enter():
                 _restore = ctl.limit(limits=1)
                 threading.Thread(target=_restorer, daemon=True,
                                  name="fastsparse-blas-restore").start()
-        if _active > _n_cores() and not _warned:
+        # (sched_getaffinity is a system call: only with concurrent calls)
+        if _active > 1 and not _warned and _active > _n_cores():
             _warned = True
             warnings.warn(
                 f"fastsparse: {_active} layer calls run at once on "
