@@ -629,7 +629,9 @@ static int F(fs_spectrum)(int m, int d, const T *H, const T *HHt,
             goto fail;
     }
     k = 0;
-    for (int j = 0; j < p; ++j) {
+    /* N and E hold min(m, d) rows: the rank of H^T diag(dv) H (the d x d
+     * form with m < d has d - m zero eigenvalues, never near 1) */
+    for (int j = 0; j < p && k < (m < d ? m : d); ++j) {
         const double lam = 1.0 - w[j];
         const double *zj = Sm + (ptrdiff_t)j * p;    /* eigenvector j */
         double *nj = N + (ptrdiff_t)k * d, nn = 0.0;
