@@ -55,7 +55,8 @@ from .torch import (FactoredOutput, _UPDATES, _as_array, _check_hidden,
                     _check_indices, _check_layer, _loss_from_stats)
 from .torch import spherical_stats as _fs_spherical_stats
 from ._base import OutputLayerBase
-from ._validation import check_hidden, parse_targets
+from ._validation import (check_bool, check_hidden, check_int, check_real,
+                          parse_targets)
 
 import torch
 
@@ -229,13 +230,10 @@ def _describe(exc):
 
 
 def _seconds(timeout):
+    """A timeout (seconds or a timedelta) as a positive number of seconds."""
     if isinstance(timeout, datetime.timedelta):
         timeout = timeout.total_seconds()
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or \
-            not np.isfinite(timeout) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got "
-                         f"{timeout!r}")
-    return float(timeout)
+    return check_real(timeout, "timeout", 0, open_low=True)
 
 
 # ------------------------------------------------------- autograd functions
@@ -449,13 +447,8 @@ class DistributedFactoredOutput(FactoredOutput):
             raise ValueError(f"mode='online' is not available with the "
                              f"{self.layer.loss.name!r} loss; use mode='batch'")
         self.mode = mode
-        if not isinstance(average, (bool, np.bool_)):
-            raise TypeError(f"average must be a bool, got {type(average).__name__}")
-        self.average = bool(average)
-        if isinstance(check_every, (bool, np.bool_)) or \
-                not isinstance(check_every, (int, np.integer)) or check_every < 0:
-            raise ValueError(f"check_every must be an integer >= 0, got {check_every!r}")
-        self.check_every = int(check_every)
+        self.average = check_bool(average, "average")
+        self.check_every = check_int(check_every, "check_every", 0)
         self.timeout = _seconds(timeout)
         self._x = _Exchange(_make_group(group, self.timeout), self.timeout)
         self.rank, self.world_size = self._x.rank, self._x.world_size
