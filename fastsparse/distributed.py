@@ -52,7 +52,8 @@ import numpy as np
 
 from . import torch as _fstorch          # the friendly error without torch
 from .torch import (FactoredOutput, _UPDATES, _as_array, _check_hidden,
-                    _check_indices, _check_layer, _loss_from_stats)
+                    _check_indices, _check_layer, _loss_from_stats,
+                    _stats_tensors)
 from .torch import spherical_stats as _fs_spherical_stats
 from ._base import OutputLayerBase
 from ._validation import (check_bool, check_hidden, check_int, check_real,
@@ -244,11 +245,9 @@ class _BatchStats(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h, anchor, stats, module, call):
-        a, q, s = stats
         ctx.save_for_backward(h)
         ctx.module, ctx.call = module, call
-        return (torch.from_numpy(a), torch.from_numpy(q),
-                None if s is None else torch.from_numpy(s))
+        return _stats_tensors(*stats)
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -116,6 +116,13 @@ def _as_array(t):
     return t.detach().contiguous().numpy()
 
 
+def _stats_tensors(a, q, s):
+    """The layer's statistics (a, q, s) as tensors sharing their memory
+    (``s`` may be None, and stays None)."""
+    return (torch.from_numpy(a), torch.from_numpy(q),
+            None if s is None else torch.from_numpy(s))
+
+
 def _check_indices(indices, m, n_outputs, name):
     """``indices`` (tensor or array) as a fresh int64 array of shape (m, K)."""
     if isinstance(indices, torch.Tensor):
@@ -147,8 +154,7 @@ class _SphericalStats(torch.autograd.Function):
         ctx.lr = lr
         ctx.weight_decay = weight_decay
         ctx.version = _UPDATES.get(layer, 0)
-        return (torch.from_numpy(a), torch.from_numpy(q),
-                None if s is None else torch.from_numpy(s))
+        return _stats_tensors(a, q, s)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
