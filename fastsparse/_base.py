@@ -20,6 +20,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import _checkpoint
+# rows processed at once by the chunked dense computations (weights(),
+# outputs() over all rows, M = V^T V): bounds their temporary memory
+from ._state import CHUNK_ROWS as _CHUNK_ROWS
 from ._threads import compute, locked
 from .losses import CallableLoss, get_loss
 from ._validation import (check_bias, check_dtype, check_hidden,
@@ -27,9 +30,6 @@ from ._validation import (check_bias, check_dtype, check_hidden,
                           check_rows, check_size, check_vector,
                           check_weight_decay, parse_targets)
 
-# Rows of V (or W) processed at once by the chunked dense computations
-# (weights(), outputs() over all rows): bounds their temporary memory.
-_CHUNK_ROWS = 1 << 16
 
 _COMMON_PARAMS_DOC = """
     loss : str, Loss or callable, default "squared"

@@ -9,7 +9,8 @@ import numpy as np
 
 from ._threads import single_thread
 
-#: rows of V processed at once by the O(D d^2) passes (bounded memory)
+#: rows of V (or W) processed at once by the O(D d^2) passes and the
+#: layers' chunked dense computations (bounded memory)
 CHUNK_ROWS = 1 << 16
 
 
