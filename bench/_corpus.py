@@ -20,6 +20,8 @@ from collections import Counter
 
 import numpy as np
 
+from fastsparse.datasets import context_windows
+
 #: where ``apt-get install dict-gcide`` puts the default corpus
 DEFAULT_CORPUS = "/usr/share/dictd/gcide.dict.dz"
 #: the default corpus's origin, as reported
@@ -56,26 +58,6 @@ def read_paragraphs(path):
         text = f.read().decode("utf-8", errors="replace")
     paras = (WORD_RE.findall(p.lower()) for p in re.split(r"\n\s*\n", text))
     return [p for p in paras if p]
-
-
-def _examples(paras, index, n_context):
-    """(contexts (N, n_context), targets (N,)) of every position; each
-    paragraph is preceded by n_context <s> and ends with </s>."""
-    bos, eos = index[BOS], index[EOS]
-    get = index.get
-    stream, pos = [], []
-    for p in paras:
-        start = len(stream) + n_context
-        stream.extend([bos] * n_context)
-        stream.extend(get(w, 0) for w in p)
-        stream.append(eos)
-        pos.append(np.arange(start, len(stream)))
-    stream = np.array(stream, dtype=np.int32)
-    if not pos:
-        return np.zeros((0, n_context), np.int32), np.zeros(0, np.int64)
-    pos = np.concatenate(pos)
-    X = np.stack([stream[pos - n_context + j] for j in range(n_context)], 1)
-    return X, stream[pos].astype(np.int64)
 
 
 def _take(paras, order, start, n_tokens):
@@ -137,7 +119,10 @@ def load_corpus(path, *, n_context=3, min_count=3, n_test=50_000,
     data = {"n_words": sum(len(p) for p in paras),
             "n_types": len(set(w for p in paras for w in p))}
     for name, part in (("train", train), ("valid", valid), ("test", test)):
-        data["X_" + name], data["Y_" + name] = _examples(part, index, n_context)
+        get = index.get
+        docs = ([get(w, 0) for w in p] for p in part)
+        data["X_" + name], data["Y_" + name] = context_windows(
+            docs, n_context, index[BOS], index[EOS], dtype=np.int32)
     data["counts"] = np.bincount(data["Y_train"], minlength=len(words))
     try:
         os.makedirs(cache_dir, exist_ok=True)

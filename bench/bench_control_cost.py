@@ -28,7 +28,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import fastsparse
-from fastsparse._demo import environment_lines, format_table, format_time
+from _tools import environment_lines
+
+from fastsparse.utils import format_table, format_time
 
 
 def parse_args(argv=None):

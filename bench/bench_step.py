@@ -29,8 +29,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 import fastsparse
-from fastsparse._demo import (ProgressBar, ZipfTargets, environment_lines,
-                              format_table, format_time, random_hidden, status)
+from _tools import environment_lines
+
+from fastsparse.datasets import ZipfTargets, random_hidden
+from fastsparse.utils import ProgressBar, format_table, format_time, status
 
 
 def parse_args(argv=None):

@@ -121,10 +121,10 @@ if str(HERE) not in sys.path:           # bench_step is a script beside this one
     sys.path.insert(0, str(HERE))
 
 import fastsparse  # noqa: E402
-from fastsparse._demo import (ZipfTargets, cpu_model,  # noqa: E402
-                              default_lr, environment_lines, format_clock,
-                              format_table, format_time, git_revision,
-                              random_hidden, status)
+from _tools import cpu_model, environment_lines, git_revision  # noqa: E402
+
+from fastsparse.datasets import ZipfTargets, default_lr, random_hidden  # noqa: E402
+from fastsparse.utils import format_clock, format_table, format_time, status  # noqa: E402
 from fastsparse._threads import IDLE_RESTORE  # noqa: E402
 
 from bench_step import summarize, time_steps  # noqa: E402
@@ -571,7 +571,7 @@ class Suite:
     def lr(self, config):
         """The learning rate of a configuration: ``--lr``, lowered if needed
         for its minibatch step to stay far from singular (see
-        :func:`fastsparse._demo.default_lr`; never for the default ones)."""
+        :func:`fastsparse.datasets.default_lr`; never for the default ones)."""
         return min(self.args.lr, default_lr(config.m, config.d, "batch"))
 
     def online_call(self, kind, m):

@@ -19,7 +19,10 @@ import time
 import numpy as np
 
 import fastsparse
-from fastsparse._demo import ZipfTargets, environment_lines, format_table, random_hidden
+from _tools import environment_lines
+
+from fastsparse.datasets import ZipfTargets, random_hidden
+from fastsparse.utils import format_table
 
 
 def main(argv=None):

@@ -49,7 +49,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -57,6 +56,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _corpus import DEFAULT_CORPUS, CorpusMissing, load_corpus  # noqa: E402
+from _tools import cpu_model, git_revision  # noqa: E402
 
 #: variants of the comparison before the levers
 DEFAULT_VARIANTS = ["dense", "adaptive", "fs-spherical", "fs-zloss", "fs-squared"]
@@ -351,7 +351,7 @@ def train_run(cfg, data, budgets, lr, seed, *, eval_set="test", extra_points=(),
     head = make_head(cfg, D, d, lr * cfg["lr_out"], data["counts"], seed)
     points = sorted(set(budgets) | {p for p in extra_points if p < horizon})
     out, order, pos = [], rng.permutation(len(Y)), 0
-    cpu = head_cpu = 0.0
+    cpu = 0.0
     head_times, steps, diverged, loss = [], 0, False, float("nan")
     while points:
         t0 = time.process_time()
@@ -501,15 +501,9 @@ def plot(results, path, title):
 
 def environment(data, args):
     import torch
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except OSError:
-        commit = ""
-    return {"machine": platform.processor() or platform.machine(),
+    return {"machine": cpu_model(),
             "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "commit": commit,
+            "numpy": np.__version__, "commit": git_revision() or "",
             "corpus": data["source"], "words": data["n_words"], "types": data["n_types"],
             "D": int(len(data["counts"])), "train": int(len(data["Y_train"])),
             "valid": int(len(data["Y_valid"])), "test": int(len(data["Y_test"])),

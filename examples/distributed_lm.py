@@ -51,6 +51,7 @@ from fastsparse.distributed import DistributedFactoredOutput
 from fastsparse.torch import FactoredOutput
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lm_data  # noqa: E402
 import lm_docstrings as lm  # noqa: E402
 
 
@@ -120,14 +121,14 @@ def load_data(args, rank):
     """The same dataset on every rank (checked across ranks)."""
     quiet = open(os.devnull, "w") if rank or args.quiet else None
     if args.text:
-        units = lm.read_text(args.text)
+        units = lm_data.read_text(args.text)
     else:
-        files = lm.stdlib_files()
+        files = lm_data.stdlib_files()
         if args.max_files:
             rng = np.random.default_rng(args.seed)
             files = [files[i] for i in sorted(rng.permutation(len(files))[:args.max_files])]
-        units = lm.read_stdlib(files, progress_stream=quiet)
-    data = lm.build_dataset(units, args.context, args.heldout, args.min_count,
+        units = lm_data.read_stdlib(files, progress_stream=quiet)
+    data = lm_data.build_dataset(units, args.context, args.heldout, args.min_count,
                             args.max_vocab, args.seed)
     digest = hashlib.blake2b(data["X_train"].tobytes() + data["Y_train"].tobytes(),
                              digest_size=16).hexdigest()
@@ -212,7 +213,7 @@ def main(argv=None):
     else:
         W0 = np.random.default_rng([args.seed, 1]).standard_normal(
             (D, args.hidden)) * args.init_scale
-        b0 = lm.unigram_bias(vocab.counts, args.loss, args.eps)
+        b0 = lm_data.unigram_bias(vocab.counts, args.loss, args.eps)
         layer = fastsparse.FactoredOutputLayer.from_weights(
             W0.astype(dtype), bias=b0.astype(dtype), loss=loss)
         out = DistributedFactoredOutput(layer, lr_out, reduction="mean",
@@ -232,7 +233,7 @@ def main(argv=None):
     report = {"world_size": world, "D": D, "d": args.hidden,
               "global_batch": M, "loss": args.loss, "mode": args.mode,
               "dtype": args.dtype, "start_step": start, "steps": args.steps,
-              "unigram_heldout": lm.unigram_baselines(vocab.counts, Yh, args.loss,
+              "unigram_heldout": lm_data.unigram_baselines(vocab.counts, Yh, args.loss,
                                                       args.eps),
               "train_losses": [], "evals": []}
     report["evals"].append((start, evaluate(out.layer, body, Xh, Yh, rank, world)))

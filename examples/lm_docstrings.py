@@ -26,7 +26,10 @@ and for the output layer alone, and the nearest neighbours of a few frequent
 words among the learned output embeddings (rows of W).  A PNG plot of the
 curves is written when matplotlib is installed.
 
-Run ``python examples/lm_docstrings.py --help`` for the options.  The report
+The corpus (reading, vocabulary, examples, unigram model) is in
+``lm_data.py`` and the report (tables, nearest neighbours, plot) in
+``lm_report.py``, beside this script.  Run ``python
+examples/lm_docstrings.py --help`` for the options.  The report
 goes to stdout, progress bars to stderr.
 
 Notes
@@ -52,373 +55,28 @@ at a similar rate from a smaller start.  In float64 the same run ends with
 per-step losses within 5e-14 and W within 7e-13: the method is exact.
 """
 import argparse
-import ast
 import copy
-import inspect
-import io
 import json
 import math
-import os
-import re
 import sys
 import sysconfig
 import time
-import tokenize
-from collections import Counter
 
 import numpy as np
 
-#: special tokens, at the first indices of the vocabulary
-UNK, BOS, EOS = "<unk>", "<s>", "</s>"
+from fastsparse.utils import ProgressBar, format_table, format_time, max_rel_diff, status
+
+# the corpus and the report, in the files beside this script
+from lm_data import (build_dataset, read_stdlib, read_text, stdlib_files,  # isort: skip
+                     unigram_baselines, unigram_bias)
+from lm_report import (cosine_neighbours, default_probe_words,  # isort: skip
+                       environment, jsonable, plot_curves, report_loss)
+
 #: the two losses trained by default
 LOSSES = ("squared", "spherical_softmax")
 #: default learning rates (lower layers, output layer) per loss, for the mean
 #: loss of a minibatch of tanh hidden units
 DEFAULT_LR = {"squared": (0.5, 0.05), "spherical_softmax": (1.0, 1.0)}
-#: directories of the standard library that are not prose: generated codec
-#: tables (their comments are lists of character names), installed packages
-SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__", "encodings"}
-TEST_DIRS = {"test", "tests", "idle_test"}
-WORD_RE = re.compile(r"[a-z]+(?:'[a-z]+)?")
-
-
-# ============================================================== the corpus
-def tokenize_words(text):
-    """Lower-cased word tokens of a text (letters, with inner apostrophes).
-
-    Parameters
-    ----------
-    text : str
-
-    Returns
-    -------
-    list of str
-
-    Examples
-    --------
-    >>> tokenize_words("Return the file's name (see os.path).")
-    ['return', 'the', "file's", 'name', 'see', 'os', 'path']
-    """
-    return WORD_RE.findall(text.lower())
-
-
-def stdlib_files(root=None, include_tests=True):
-    """The ``.py`` files of the standard library, in sorted order.
-
-    Parameters
-    ----------
-    root : str, optional
-        Default ``sysconfig.get_paths()["stdlib"]``.
-    include_tests : bool, default True
-        Whether to include the test packages (``test``, ``tests``,
-        ``idle_test`` directories).
-
-    Returns
-    -------
-    list of str
-        Paths; ``site-packages`` and the generated codec tables of
-        ``encodings`` are skipped.
-    """
-    root = sysconfig.get_paths()["stdlib"] if root is None else root
-    skip = SKIP_DIRS if include_tests else SKIP_DIRS | TEST_DIRS
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in skip)
-        files.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                     if f.endswith(".py"))
-    return files
-
-
-_IGNORED = {tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT,
-            tokenize.ENCODING}
-
-
-def extract_prose(source):
-    """Docstrings and comments of a Python source file.
-
-    A docstring is any statement made of string literals only (module,
-    class and function docstrings, and attribute docstrings); comments on
-    consecutive lines are joined into one text.  The file need not be valid
-    Python: it is only tokenised, and the texts found before a tokenisation
-    error are kept.
-
-    Parameters
-    ----------
-    source : bytes
-        The file's content (its encoding declaration is honoured).
-
-    Returns
-    -------
-    list of str
-        The texts, docstrings first, then comment blocks, each in file order.
-    """
-    docs, comments, line = [], [], []
-    try:
-        for tok in tokenize.tokenize(io.BytesIO(source).readline):
-            if tok.type == tokenize.COMMENT:
-                comments.append((tok.start[0], tok.string.lstrip("#").strip()))
-            elif tok.type in _IGNORED:
-                continue
-            elif tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
-                if line and all(t.type == tokenize.STRING for t in line):
-                    try:
-                        value = "".join(ast.literal_eval(t.string) for t in line)
-                    except (ValueError, SyntaxError, TypeError, MemoryError):
-                        value = None      # f-strings, bytes mixed with str
-                    if isinstance(value, str):
-                        docs.append(inspect.cleandoc(value))
-                line = []
-            else:
-                line.append(tok)
-    except (tokenize.TokenError, SyntaxError, UnicodeDecodeError, ValueError):
-        pass        # keep what was found before the error
-    blocks, last = [], None
-    for lineno, text in comments:
-        if blocks and lineno == last + 1:
-            blocks[-1].append(text)
-        else:
-            blocks.append([text])
-        last = lineno
-    return docs + [" ".join(b) for b in blocks]
-
-
-def read_stdlib(files, progress_stream=None):
-    """Word tokens of the docstrings and comments of some Python files.
-
-    Parameters
-    ----------
-    files : list of str
-    progress_stream : file-like, optional
-        Where the progress bar goes, default ``sys.stderr``.
-
-    Returns
-    -------
-    list of list of list of str
-        Per file, its documents (a docstring or comment block), each a list
-        of words; documents without words are dropped.
-    """
-    from fastsparse._demo import ProgressBar
-
-    units = []
-    with ProgressBar(len(files), "reading the docstrings and comments",
-                     unit="files", stream=progress_stream) as bar:
-        for path in files:
-            try:
-                with open(path, "rb") as f:
-                    source = f.read()
-            except OSError:
-                source = b""
-            docs = [tokenize_words(t) for t in extract_prose(source)]
-            units.append([d for d in docs if d])
-            bar.update()
-    return units
-
-
-def read_text(path):
-    """Word tokens of a plain-text file, one unit per paragraph.
-
-    Parameters
-    ----------
-    path : str
-        A UTF-8 text file (undecodable bytes are replaced).  Paragraphs are
-        separated by blank lines.
-
-    Returns
-    -------
-    list of list of list of str
-        Per paragraph, one document (its words).
-    """
-    with open(path, encoding="utf-8", errors="replace") as f:
-        text = f.read()
-    paragraphs = (tokenize_words(p) for p in re.split(r"\n\s*\n", text))
-    return [[p] for p in paragraphs if p]
-
-
-class Vocabulary:
-    """Words seen at least ``min_count`` times, plus special tokens.
-
-    Index 0 is ``<unk>`` (every other word), 1 is ``<s>`` (padding of the
-    context before a document's start: never a target) and 2 is ``</s>``
-    (end of a document); then the words by decreasing count (ties in
-    alphabetical order).
-
-    Parameters
-    ----------
-    counts : collections.Counter
-        Word counts (of the training part of the corpus).
-    min_count : int, default 2
-    max_size : int, optional
-        Keep at most this many words (the most frequent).
-
-    Attributes
-    ----------
-    words : list of str
-        All tokens by index, special tokens first.
-    index : dict
-        Token -> index.
-    counts : ndarray of int64
-        The word counts given (0 for the special tokens);
-        :func:`build_dataset` replaces them by the counts of each index as a
-        target of the training examples (``<unk>`` and ``</s>`` included).
-    """
-
-    def __init__(self, counts, min_count=2, max_size=None):
-        kept = sorted((w for w, c in counts.items() if c >= min_count),
-                      key=lambda w: (-counts[w], w))
-        if max_size is not None:
-            kept = kept[:max_size]
-        self.words = [UNK, BOS, EOS] + kept
-        self.index = {w: i for i, w in enumerate(self.words)}
-        self.counts = np.array([0, 0, 0] + [counts[w] for w in kept], dtype=np.int64)
-
-    def __len__(self):
-        return len(self.words)
-
-    def encode(self, words):
-        """Indices of a list of words (unknown words: 0)."""
-        get = self.index.get
-        return [get(w, 0) for w in words]
-
-
-def make_examples(units, vocab, n_context):
-    """(context, next word) pairs of every position of every document.
-
-    Each document is preceded by ``n_context`` ``<s>`` and followed by
-    ``</s>``; the contexts never cross documents.
-
-    Parameters
-    ----------
-    units : list of list of list of str
-    vocab : Vocabulary
-    n_context : int
-
-    Returns
-    -------
-    X : ndarray of int64, shape (N, n_context)
-        Indices of the previous words.
-    Y : ndarray of int64, shape (N,)
-        Index of the next word.
-    """
-    bos, eos = vocab.index[BOS], vocab.index[EOS]
-    stream, targets = [], []
-    for unit in units:
-        for doc in unit:
-            start = len(stream) + n_context
-            stream.extend([bos] * n_context)
-            stream.extend(vocab.encode(doc))
-            stream.append(eos)
-            targets.append(np.arange(start, len(stream)))
-    stream = np.array(stream, dtype=np.int64)
-    if not targets:
-        return np.zeros((0, n_context), np.int64), np.zeros(0, np.int64)
-    pos = np.concatenate(targets)
-    X = np.stack([stream[pos - n_context + j] for j in range(n_context)], axis=1)
-    return X, stream[pos]
-
-
-def build_dataset(units, n_context, heldout_fraction, min_count, max_vocab, seed):
-    """Split the units, build the vocabulary on the training part, encode.
-
-    Parameters
-    ----------
-    units : list of list of list of str
-        Files (or paragraphs), each a list of documents.
-    n_context : int
-    heldout_fraction : float
-        Fraction of the units held out (at least one unit when there are
-        two or more).
-    min_count, max_vocab : int
-        See :class:`Vocabulary`.
-    seed : int
-
-    Returns
-    -------
-    dict
-        ``vocab`` (:class:`Vocabulary`, with the training target counts),
-        ``X_train``, ``Y_train``, ``X_heldout``, ``Y_heldout`` (see
-        :func:`make_examples`), ``n_units`` (training and held-out units) and
-        ``n_words`` (word tokens in all units).
-    """
-    rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
-    n = len(units)
-    n_held = int(round(heldout_fraction * n))
-    if heldout_fraction > 0 and n >= 2:
-        n_held = min(max(1, n_held), n - 1)
-    held = np.zeros(n, dtype=bool)
-    held[rng.permutation(n)[:n_held]] = True
-    train_units = [u for u, h in zip(units, held) if not h]
-    held_units = [u for u, h in zip(units, held) if h]
-    counts = Counter(w for u in train_units for doc in u for w in doc)
-    vocab = Vocabulary(counts, min_count, max_vocab)
-    X, Y = make_examples(train_units, vocab, n_context)
-    Xh, Yh = make_examples(held_units, vocab, n_context)
-    vocab.counts = np.bincount(Y, minlength=len(vocab)).astype(np.int64)
-    return {"vocab": vocab, "X_train": X, "Y_train": Y, "X_heldout": Xh,
-            "Y_heldout": Yh, "n_units": (n - n_held, n_held),
-            "n_words": sum(len(doc) for u in units for doc in u)}
-
-
-def unigram_probabilities(counts):
-    """Add-one smoothed unigram probabilities of the training targets."""
-    return (counts + 1.0) / (counts.sum() + len(counts))
-
-
-def unigram_bias(counts, loss, eps, uniform=0.05):
-    """An output bias that makes the initial model the unigram model.
-
-    Parameters
-    ----------
-    counts : ndarray
-        Target counts in the training data.
-    loss : {"squared", "spherical_softmax"}
-    eps : float
-        The spherical softmax's eps.
-    uniform : float, default 0.05
-        Spherical softmax: weight of the uniform distribution in the
-        initial model (it needs ``eps > 0``).
-
-    Returns
-    -------
-    ndarray of float64
-        Squared error: ``b = p`` (the squared error is minimised by the
-        probabilities).  Spherical softmax: ``b = c sqrt(p)`` with
-        ``c^2 = (1 - uniform) / uniform * D eps``, so that with ``W = 0`` the
-        model gives ``(1 - uniform) p + uniform / D``.  Either way every
-        output starts positive, away from the unstable point 0 of
-        ``-log(a^2 + eps)``.
-    """
-    p = unigram_probabilities(counts)
-    if loss == "squared":
-        return p
-    c2 = (1 - uniform) / uniform * len(counts) * eps
-    return np.sqrt(c2 * p)
-
-
-def unigram_baselines(counts, Y, loss, eps):
-    """Held-out loss of the unigram distribution of the training targets.
-
-    Parameters
-    ----------
-    counts : ndarray
-        Target counts in the training data.
-    Y : ndarray
-        Held-out targets.
-    loss : {"squared", "spherical_softmax"}
-    eps : float
-        Unused for the squared error.
-
-    Returns
-    -------
-    float
-        Mean per-example loss of the (add-one smoothed) unigram
-        probabilities ``p``: ``1 - 2 p_y + ||p||^2`` for the squared error
-        (the outputs ``o = p``) and ``-log p_y`` for the spherical softmax
-        (a model that puts exactly ``p`` on each word).
-    """
-    p = unigram_probabilities(counts)
-    if loss == "squared":
-        return float(np.mean(1 - 2 * p[Y] + p @ p))
-    return float(np.mean(-np.log(p[Y])))
 
 
 # =============================================================== the model
@@ -597,51 +255,6 @@ def evaluate(model, X, Y, chunk=1024):
             total += float(model.head_losses(model.body(x), y).double().sum())
     return total / len(Y)
 
-
-def cosine_neighbours(W, vocab, words, k=5, pool=None):
-    """The k nearest rows of W to each word's row, by cosine similarity.
-
-    Parameters
-    ----------
-    W : ndarray of shape (D, d)
-        Output embeddings (row j: word j).
-    vocab : Vocabulary
-    words : list of str
-        Words of the vocabulary (others are skipped).
-    k : int
-    pool : int, optional
-        Candidates: only the ``pool`` most frequent words (the rows of rare
-        words were updated too rarely to have moved far from their random
-        initial values).  Default: every word.
-
-    Returns
-    -------
-    dict
-        word -> list of (neighbour, cosine), best first; the special tokens
-        are never neighbours.
-    """
-    Wn = W.astype(np.float64)
-    Wn /= np.maximum(np.linalg.norm(Wn, axis=1, keepdims=True), 1e-300)
-    end = len(vocab) if pool is None else min(len(vocab), 3 + pool)
-    result = {}
-    for w in words:
-        i = vocab.index.get(w)
-        if i is None or i < 3:
-            continue
-        sim = Wn[:end] @ Wn[i]
-        sim[:3] = -np.inf
-        if i < end:
-            sim[i] = -np.inf
-        best = np.argsort(-sim, kind="stable")[:k]
-        result[w] = [(vocab.words[j], float(sim[j])) for j in best]
-    return result
-
-
-def default_probe_words(vocab, n=8, min_len=4):
-    """The n most frequent words of at least ``min_len`` letters."""
-    return [w for w in vocab.words[3:] if len(w) >= min_len][:n]
-
-
 def max_rel_curve_diff(a, b):
     """max_t |a_t - b_t| / |b_t| of two loss curves."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -687,7 +300,6 @@ def train_pair(loss, data, args, progress_stream=None):
     """
     import torch
 
-    from fastsparse._demo import ProgressBar
 
     vocab = data["vocab"]
     D = len(vocab)
@@ -764,7 +376,6 @@ def train_pair(loss, data, args, progress_stream=None):
     heldout = [evaluate(c, Xh, Yh) for c in copies]
     W = [c.weights() for c in copies]
     b = [c.bias() for c in copies]
-    from fastsparse._demo import max_rel_diff
 
     probe = args.probe_words or default_probe_words(vocab)
     nb_fac = cosine_neighbours(W[1], vocab, probe, args.neighbours, args.neighbour_pool)
@@ -798,89 +409,6 @@ def train_pair(loss, data, args, progress_stream=None):
             "naive_bias_rel_diff": max_rel_diff(b[2], b[0]),
         })
     return result
-
-
-# =================================================================== plot
-def plot_curves(results, path, smooth=None):
-    """Write a PNG of both copies' loss curves, one panel per loss.
-
-    Top: training loss per step (moving average over ``smooth`` steps) of
-    both copies, and their held-out loss at the evaluation points; bottom:
-    the relative difference of the two copies' per-step losses (and of the
-    naive reference's, when it was trained).
-
-    Parameters
-    ----------
-    results : list of dict
-        As returned by :func:`train_pair`.
-    path : str
-    smooth : int, optional
-        Width of the moving average; default 1/50 of the number of steps.
-
-    Returns
-    -------
-    bool
-        False (and nothing written) when matplotlib is not installed.
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError:
-        return False
-    n = len(results)
-    fig = Figure(figsize=(5.2 * n, 6.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, n, squeeze=False, sharex="col",
-                        gridspec_kw={"height_ratios": [2.2, 1]})
-    for j, r in enumerate(results):
-        r = {k: np.asarray(v, dtype=np.float64) if k.startswith("loss_") else v
-             for k, v in r.items()}
-        ax, ax2 = axes[0, j], axes[1, j]
-        steps = np.arange(len(r["loss_dense"]))
-        w = max(1, len(steps) // 50) if smooth is None else smooth
-        w = max(1, min(w, len(steps)))
-        kernel = np.ones(w) / w
-        for key, style in (("loss_dense", dict(color="tab:blue", lw=4, alpha=0.45,
-                                               label="dense nn.Linear")),
-                           ("loss_factored", dict(color="black", lw=1, ls="--",
-                                                  label="factored (fastsparse)"))):
-            ys = np.convolve(r[key], kernel, mode="valid")
-            ax.plot(steps[w - 1:], ys, **style)
-        ev = np.asarray(r["eval_losses"])
-        if ev.size:
-            ax.plot(r["eval_steps"], ev[:, 0], "o", color="tab:orange", ms=8,
-                    alpha=0.6, label="held-out, dense")
-            ax.plot(r["eval_steps"], ev[:, 1], "x", color="black", ms=6,
-                    label="held-out, factored")
-        ax.axhline(r["heldout_unigram"], color="gray", lw=0.8, ls=":",
-                   label="held-out, unigram model")
-        lo = min(r["loss_dense"].min(), r["heldout_unigram"])
-        if r["loss_dense"].max() > 20 * lo > 0:
-            ax.set_yscale("log")
-        title = r["loss"].replace("_", " ")
-        if r["eps"] is not None:
-            title += f" (eps = {r['eps']:g})"
-        ax.set_title(title)
-        ax.set_ylabel(f"mean loss per example (training: avg of {w} steps)")
-        ax.legend(fontsize=8)
-        pairs = [("loss_factored", "factored vs dense", "tab:red", 1.0)]
-        if "loss_naive" in r:
-            pairs.append(("loss_naive", "NaiveOutputLayer vs dense", "tab:green", 0.6))
-        for key, label, color, alpha in pairs:
-            rel = (np.abs(r[key] - r["loss_dense"])
-                   / np.maximum(np.abs(r["loss_dense"]), np.finfo(float).tiny))
-            nz = rel > 0          # a log scale cannot show the equal steps
-            ax2.semilogy(steps[nz], rel[nz], ".", ms=2, color=color, alpha=alpha,
-                         label=f"{label} ({np.count_nonzero(~nz)} of {len(rel)} "
-                               f"steps equal)")
-        ax2.axhline(np.finfo(np.float32).eps, color="gray", lw=0.8, ls=":",
-                    label="float32 eps")
-        ax2.legend(fontsize=7, markerscale=4, loc="upper left")
-        ax2.set_ylabel("rel. difference of the\nper-step training loss")
-        ax2.set_xlabel("SGD step")
-    fig.savefig(path, dpi=80)
-    return True
-
 
 # ==================================================================== CLI
 def parse_args(argv=None):
@@ -972,21 +500,6 @@ def parse_args(argv=None):
     return args
 
 
-def _jsonable(x):
-    """``x`` with arrays as lists and non-finite floats as None (strict JSON)."""
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return _jsonable(x.item())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def main(argv=None, stream=None, progress_stream=None):
     """Run the example.
 
@@ -1008,7 +521,6 @@ def main(argv=None, stream=None, progress_stream=None):
     import torch
     from threadpoolctl import threadpool_limits
 
-    from fastsparse._demo import environment_lines, format_table, format_time, status
 
     args = parse_args(argv)
     out = sys.stdout if stream is None else stream
@@ -1073,17 +585,14 @@ def main(argv=None, stream=None, progress_stream=None):
             ]
             emit(format_table(["configuration", ""], config, "<<"))
             emit()
-            env = environment_lines()
-            env.insert(3, ("PyTorch", f"{torch.__version__}, "
-                                      f"{torch.get_num_threads()} thread(s)"))
-            emit(format_table(["environment", ""], env, "<<"))
+            emit(format_table(["environment", ""], environment(torch), "<<"))
             emit()
             results = [train_pair(loss, data, args, err) for loss in args.loss]
     finally:
         torch.set_num_threads(n_threads)
 
     for r in results:
-        _report(r, args, emit, format_table, format_time)
+        report_loss(r, args, emit)
     plot = None
     if args.plot:
         with status(f"writing the plot {args.plot}", err):
@@ -1103,75 +612,9 @@ def main(argv=None, stream=None, progress_stream=None):
               "results": results, "plot": plot}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(_jsonable(report), f, indent=1)
+            json.dump(jsonable(report), f, indent=1)
         emit(f"results: {args.json}")
     return report
-
-
-def _report(r, args, emit, format_table, format_time):
-    """Print the tables of one loss."""
-    steps = len(r["loss_dense"])
-    tenth = max(1, steps // 10)
-    ts_d, ts_f = r["time_step_dense"].sum(), r["time_step_factored"].sum()
-    to_d, to_f = r["time_output_dense"].sum(), r["time_output_factored"].sum()
-    emit(f"== loss: {r['loss']}"
-         + (f" (eps = {r['eps']:g})" if r["eps"] is not None else "")
-         + f", lr {r['lr']:g} (lower layers), {r['lr_output']:g} (output layer)")
-    emit()
-    rows = [
-        ["training time, whole steps", format_time(ts_d), format_time(ts_f),
-         f"{ts_d / ts_f:.1f}x"],
-        ["  of which the output layer", format_time(to_d), format_time(to_f),
-         f"{to_d / to_f:.1f}x"],
-        ["  of which the rest (body, sparse embeddings)", format_time(ts_d - to_d),
-         format_time(ts_f - to_f), f"{(ts_d - to_d) / (ts_f - to_f):.2f}x"],
-        ["time per step, median", format_time(np.median(r["time_step_dense"])),
-         format_time(np.median(r["time_step_factored"])),
-         f"{np.median(r['time_step_dense']) / np.median(r['time_step_factored']):.1f}x"],
-        ["output layer per step, median", format_time(np.median(r["time_output_dense"])),
-         format_time(np.median(r["time_output_factored"])),
-         f"{np.median(r['time_output_dense']) / np.median(r['time_output_factored']):.1f}x"],
-        [f"training loss, first {tenth} steps", f"{r['loss_dense'][:tenth].mean():.6g}",
-         f"{r['loss_factored'][:tenth].mean():.6g}", ""],
-        [f"training loss, last {tenth} steps", f"{r['loss_dense'][-tenth:].mean():.6g}",
-         f"{r['loss_factored'][-tenth:].mean():.6g}", ""],
-        ["held-out loss, initial (sample)"] + [
-            f"{v:.6g}" if math.isfinite(v) else "n/a (--eval-every 0)"
-            for v in r["heldout_initial"]] + [""],
-        ["held-out loss, final (all)", f"{r['heldout_dense']:.6g}",
-         f"{r['heldout_factored']:.6g}", ""],
-        ["held-out loss of the unigram model", f"{r['heldout_unigram']:.6g}", "", ""],
-    ]
-    if r["loss"] == "spherical_softmax":
-        rows.append(["held-out perplexity (exp loss)", f"{math.exp(r['heldout_dense']):.1f}",
-                     f"{math.exp(r['heldout_factored']):.1f}",
-                     f"unigram {math.exp(r['heldout_unigram']):.1f}"])
-    emit(format_table(["", "dense", "factored", "speed-up"], rows))
-    emit()
-    checks = [
-        ["max rel. diff of the per-step training losses", f"{r['loss_rel_diff']:.2e}"],
-        ["rel. diff of the final held-out losses", f"{r['heldout_rel_diff']:.2e}"],
-        ["max rel. diff of the final output weights W / bias",
-         f"{r['weights_rel_diff']:.2e} / {r['bias_rel_diff']:.2e}"],
-    ]
-    if "loss_naive" in r:
-        checks += [
-            ["naive reference vs dense: per-step training losses",
-             f"{r['naive_loss_rel_diff']:.2e}"],
-            ["naive reference vs dense: final held-out losses",
-             f"{r['naive_heldout_rel_diff']:.2e}"],
-            ["naive reference vs dense: final W / bias",
-             f"{r['naive_weights_rel_diff']:.2e} / {r['naive_bias_rel_diff']:.2e}"],
-        ]
-    emit(format_table(["factored vs dense", ""], checks))
-    emit()
-    nb = r["neighbours"]
-    emit(f"nearest neighbours (cosine) among the rows of the factored copy's W "
-         f"(the dense copy's W gives the same lists for "
-         f"{r['neighbours_same_in_dense']} of {len(nb)} words):")
-    for w, lst in nb.items():
-        emit(f"  {w:>12}: " + ", ".join(f"{v} {c:.2f}" for v, c in lst))
-    emit()
 
 
 if __name__ == "__main__":

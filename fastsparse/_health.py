@@ -130,7 +130,7 @@ class StabilityControl:
     # ------------------------------------------------------------- set-up
     def start(self, st):
         """Bounds of a fresh state (U = I up to scale) or a restored one."""
-        U, M = st.U, st.M
+        U = st.U
         smax = float(np.linalg.norm(U.astype(np.float64), 2)) if U.size else 1.0
         self.ctl = _core.Control(self.min_abs_r, 0.0, NORM_LIMIT[self.dtype],
                                  smax * smax * _MARGIN,

@@ -151,7 +151,7 @@ def test_torch_column_does_the_naive_layers_step():
     finally:
         sys.path.remove(str(SCRIPT.parent))
     from fastsparse import NaiveOutputLayer
-    from fastsparse._demo import ZipfTargets
+    from fastsparse.datasets import ZipfTargets
 
     D, d, K, lr = 40, 6, 3, 0.05
     naive = NaiveOutputLayer(D, d, dtype=np.float64, seed=1)

@@ -9,7 +9,7 @@ must be complete and finite, and the plot must be written.
 The script is not part of the package: it is loaded from the checkout with
 importlib (and run as a program, from another directory, for ``--help``).
 """
-import importlib.util
+import importlib
 import io
 import json
 import math
@@ -60,16 +60,26 @@ LOSS_RTOL, W_RTOL = 1e-5, 1e-4
 RTOL64 = 1e-10
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("lm_docstrings", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _load(name):
+    """A module of examples/ (where the script imports its helpers from)."""
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))
+    return importlib.import_module(name)
 
 
 @pytest.fixture(scope="module")
 def lm():
-    return _load()
+    return _load("lm_docstrings")
+
+
+@pytest.fixture(scope="module")
+def lm_data():
+    return _load("lm_data")
+
+
+@pytest.fixture(scope="module")
+def lm_report():
+    return _load("lm_report")
 
 
 def _main(lm, argv):
@@ -174,12 +184,12 @@ def test_plot_is_written(tiny):
     assert f"plot: {path}" in out
 
 
-def test_plot_without_matplotlib(lm, tiny, monkeypatch, tmp_path):
+def test_plot_without_matplotlib(lm, lm_report, tiny, monkeypatch, tmp_path):
     """Without matplotlib nothing is written and main() says why."""
     # importing any matplotlib module fails (those already imported too)
     for name in [n for n in sys.modules if n.split(".")[0] == "matplotlib"] + ["matplotlib"]:
         monkeypatch.setitem(sys.modules, name, None)
-    assert lm.plot_curves(tiny[0]["results"], str(tmp_path / "x.png")) is False
+    assert lm_report.plot_curves(tiny[0]["results"], str(tmp_path / "x.png")) is False
     assert not (tmp_path / "x.png").exists()
     report, out, _ = _main(lm, TINY + ["--steps", "2", "--eval-every", "0",
                                        "--loss", "squared",
@@ -206,29 +216,29 @@ def f(a):
 '''
 
 
-def test_extract_prose(lm):
-    texts = lm.extract_prose(SOURCE)
+def test_extract_prose(lm_data):
+    texts = lm_data.extract_prose(SOURCE)
     assert texts == ["Module docstring: the module.", "Attribute docstring of x.",
                      "Return the\nanswer.", "trailing comment",
                      "first line of a block second line of the block", "done"]
 
 
-def test_extract_prose_keeps_what_precedes_an_error(lm):
+def test_extract_prose_keeps_what_precedes_an_error(lm_data):
     """Invalid files are not parsed, only tokenised: the texts before a
     tokenisation error are kept, and nothing raises."""
     broken = b'"""Doc of a Python 2 file."""\nprint "hi"  # py2 print\n"""unterminated'
-    assert lm.extract_prose(broken) == ["Doc of a Python 2 file.", "py2 print"]
-    assert lm.extract_prose(b"\xff\xfe\x00 garbage \x81") == []
-    assert lm.extract_prose(b"") == []
+    assert lm_data.extract_prose(broken) == ["Doc of a Python 2 file.", "py2 print"]
+    assert lm_data.extract_prose(b"\xff\xfe\x00 garbage \x81") == []
+    assert lm_data.extract_prose(b"") == []
 
 
-def test_examples_do_not_cross_documents(lm):
+def test_examples_do_not_cross_documents(lm_data):
     from collections import Counter
 
     units = [[["a", "b", "c"], ["b", "a"]], [["c", "zz"]]]
-    vocab = lm.Vocabulary(Counter(w for u in units for d in u for w in d),
+    vocab = lm_data.Vocabulary(Counter(w for u in units for d in u for w in d),
                           min_count=1)
-    X, Y = lm.make_examples(units, vocab, n_context=2)
+    X, Y = lm_data.make_examples(units, vocab, n_context=2)
     i = vocab.index
     s, e = i["<s>"], i["</s>"]
     words = [[vocab.words[k] for k in row] for row in X]
@@ -238,28 +248,28 @@ def test_examples_do_not_cross_documents(lm):
     assert X.dtype == Y.dtype == np.int64 and X.shape == (10, 2)
     assert s not in Y and e in Y
     # unknown words map to <unk> (index 0)
-    vocab2 = lm.Vocabulary(Counter({"a": 3, "b": 1}), min_count=2)
+    vocab2 = lm_data.Vocabulary(Counter({"a": 3, "b": 1}), min_count=2)
     assert vocab2.encode(["a", "b", "q"]) == [vocab2.index["a"], 0, 0]
 
 
-def test_build_dataset_holds_out_whole_units(lm):
+def test_build_dataset_holds_out_whole_units(lm_data):
     units = [[[f"w{u}", "common", f"w{u}"]] for u in range(20)]
-    data = lm.build_dataset(units, 2, 0.25, 1, None, seed=0)
+    data = lm_data.build_dataset(units, 2, 0.25, 1, None, seed=0)
     assert data["n_units"] == (15, 5)
     assert len(data["Y_train"]) == 15 * 4 and len(data["Y_heldout"]) == 5 * 4
     # held-out files' own words are not in the vocabulary (built on training)
     vocab_words = set(data["vocab"].words)
     assert sum(f"w{u}" in vocab_words for u in range(20)) == 15
-    again = lm.build_dataset(units, 2, 0.25, 1, None, seed=0)
+    again = lm_data.build_dataset(units, 2, 0.25, 1, None, seed=0)
     np.testing.assert_array_equal(again["X_heldout"], data["X_heldout"])
 
 
-def test_unigram_bias_gives_the_unigram_model(lm):
+def test_unigram_bias_gives_the_unigram_model(lm_data):
     counts = np.array([0, 0, 5, 50, 20, 1], dtype=np.int64)
-    p = lm.unigram_probabilities(counts)
+    p = lm_data.unigram_probabilities(counts)
     assert p.sum() == pytest.approx(1.0)
-    assert lm.unigram_bias(counts, "squared", 0.1) == pytest.approx(p)
-    b = lm.unigram_bias(counts, "spherical_softmax", 0.1, uniform=0.05)
+    assert lm_data.unigram_bias(counts, "squared", 0.1) == pytest.approx(p)
+    b = lm_data.unigram_bias(counts, "spherical_softmax", 0.1, uniform=0.05)
     q = (b * b + 0.1) / (b @ b + len(b) * 0.1)     # the model with W = 0
     np.testing.assert_allclose(q, 0.95 * p + 0.05 / len(p), rtol=1e-12)
 
