@@ -8,6 +8,7 @@ Set ``FASTSPARSE_NATIVE=1`` to compile for the building machine's CPU
 import os
 import sys
 
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -39,8 +40,9 @@ if sys.platform.startswith("linux"):
 extensions = [
     Extension("fastsparse._core", ["fastsparse/_core.pyx", "src_c/fs_sparse.c",
                                     "src_c/fs_loss.c", "src_c/fs_kernels.c"],
-              include_dirs=["src_c"], extra_compile_args=compile_args,
-              extra_link_args=link_args),
+              include_dirs=["src_c", numpy.get_include()],
+              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+              extra_compile_args=compile_args, extra_link_args=link_args),
 ]
 
 setup(

@@ -26,8 +26,8 @@ from ._state import CHUNK_ROWS as _CHUNK_ROWS
 from ._threads import compute, locked
 from .losses import CallableLoss, get_loss
 from ._validation import (check_bias, check_dtype, check_hidden,
-                          check_index_matrix, check_lr, check_mode, check_real,
-                          check_rows, check_size, check_vector,
+                          check_index_matrix, check_lr, check_real, check_rows,
+                          check_size, check_step_args, check_vector,
                           check_weight_decay, parse_targets)
 
 
@@ -410,9 +410,7 @@ class OutputLayerBase:
         (3,)
         """
         H, tg = self._check_inputs(H, targets)
-        lr = check_lr(lr)
-        wd = check_weight_decay(weight_decay, lr)
-        mode = check_mode(mode)
+        lr, wd, mode = check_step_args(lr, weight_decay, mode)
         if mode == "online" and not self.loss.online:
             raise ValueError(f"mode='online' is not available with the "
                              f"{self.loss.name!r} loss; use mode='batch'")

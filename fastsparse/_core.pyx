@@ -8,10 +8,15 @@ entry point releases the GIL for the whole computation.  Status codes and
 loss ids are the C enums, exported here as Python enums (defined once, in
 src_c/fs_loss.h).
 """
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
 from scipy.linalg cimport cython_blas as cb
 from scipy.linalg cimport cython_lapack as cl
+cimport numpy as cnp
+
+import numpy as _np
+
+cnp.import_array()
 
 ctypedef fused floating:
     float
@@ -195,6 +200,13 @@ cdef class Control:
         self.c.lr = lr
         self.c.wd = wd
 
+    def due(self):
+        """Whether the bounds ask for a check: the condition bound above
+        ``cond_limit`` or the scale bounds above ``scale_limit``."""
+        cdef double lim2 = self.c.scale_limit * self.c.scale_limit
+        return (self.c.smax2 * self.c.sinv2 > self.c.cond_limit * self.c.cond_limit
+                or self.c.smax2 > lim2 or self.c.sinv2 > lim2)
+
     property split:
         def __get__(self): return self.c.split
         def __set__(self, double v): self.c.split = v
@@ -237,83 +249,285 @@ cdef inline const int64_t* _iptr(const int64_t[::1] x) noexcept nogil:
     return &x[0] if x.shape[0] > 0 else NULL
 
 
-cdef fs_loss_spec _spec(int kind, Py_ssize_t D, const double[::1] params):
+# ------------------------------------------------------------ raw arrays
+# The entry points below take arrays through ``_buf``: a type, dimension
+# and contiguity check and a pointer, not a buffer acquisition (a typed
+# memoryview costs about 0.3 us each; 16 of them cost more than the kernel
+# of a small step).
+
+cdef inline char* _buf(object a, int typenum, int nd, bint write) except? NULL:
+    """The data of ``a``: an ndarray of this type and number of dimensions,
+    C-contiguous, in native byte order (and writable if ``write``);
+    TypeError otherwise."""
+    cdef cnp.ndarray arr
+    if not cnp.PyArray_Check(a):
+        raise TypeError(f"fastsparse._core: an ndarray is needed, got {type(a).__name__}")
+    arr = <cnp.ndarray>a
+    if (cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_NDIM(arr) != nd
+            or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            or not cnp.PyArray_ISNOTSWAPPED(arr)
+            or (write and not cnp.PyArray_ISWRITEABLE(arr))):
+        raise TypeError(f"fastsparse._core: a C-contiguous{' writable' if write else ''} "
+                        f"{nd}-D array of type {typenum} is needed, got {a.dtype} "
+                        f"with shape {a.shape}")
+    return <char*>cnp.PyArray_DATA(arr)
+
+
+# ------------------------------------------------------------ input checks
+# Compiled fast paths of fastsparse._validation, which owns the checks and
+# their messages: each answers in one pass over the data and says "no"
+# (False, None) for anything unusual, which the NumPy path there then
+# examines and reports.  None of them is a kernel.
+
+cdef bint _finite_s(const float* p, Py_ssize_t n) noexcept nogil:
+    cdef double acc = 0.0
+    cdef Py_ssize_t i
+    for i in range(n):
+        acc += p[i] * 0.0           # NaN for a NaN or an Inf, else 0
+    return acc == 0.0
+
+
+cdef bint _finite_d(const double* p, Py_ssize_t n) noexcept nogil:
+    cdef double acc = 0.0
+    cdef Py_ssize_t i
+    for i in range(n):
+        acc += p[i] * 0.0
+    return acc == 0.0
+
+
+cdef inline bint _plain(object a, int nd) noexcept:
+    """An ndarray with nd dimensions, C-contiguous, in native byte order."""
+    return (cnp.PyArray_Check(a) and cnp.PyArray_NDIM(<cnp.ndarray>a) == nd
+            and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>a)
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a))
+
+
+def finite2d(a, Py_ssize_t n_cols, int typenum):
+    """Whether ``a`` is a C-contiguous 2-D ndarray of type ``typenum``
+    (float32 or float64) with ``n_cols`` columns, all of its entries finite."""
+    cdef cnp.ndarray arr
+    cdef Py_ssize_t n
+    cdef bint ok
+    if not _plain(a, 2):
+        return False
+    arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_DIM(arr, 1) != n_cols:
+        return False
+    n = cnp.PyArray_SIZE(arr)
+    if typenum == cnp.NPY_FLOAT:
+        with nogil:
+            ok = _finite_s(<const float*>cnp.PyArray_DATA(arr), n)
+        return ok
+    if typenum == cnp.NPY_DOUBLE:
+        with nogil:
+            ok = _finite_d(<const double*>cnp.PyArray_DATA(arr), n)
+        return ok
+    return False
+
+
+def index_copy(a, int64_t n_outputs):
+    """An int64 copy of ``a`` when it is a C-contiguous ndarray (any number
+    of dimensions) of signed 64- or 32-bit integers, all in [0, n_outputs):
+    1-D, of its size.  None otherwise."""
+    cdef cnp.ndarray arr, out
+    cdef Py_ssize_t i, n
+    cdef int64_t v
+    cdef int64_t* o
+    cdef const int64_t* s64
+    cdef const int32_t* s32
+    cdef bint bad = False
+    if not _plain(a, cnp.PyArray_NDIM(<cnp.ndarray>a) if cnp.PyArray_Check(a) else 1):
+        return None
+    arr = <cnp.ndarray>a
+    if not (cnp.PyArray_ISINTEGER(arr) and cnp.PyArray_ISSIGNED(arr)):
+        return None
+    n = cnp.PyArray_SIZE(arr)
+    out = _np.empty(n, dtype=_np.int64)
+    o = <int64_t*>cnp.PyArray_DATA(out)
+    if cnp.PyArray_ITEMSIZE(arr) == 8:
+        s64 = <const int64_t*>cnp.PyArray_DATA(arr)
+        with nogil:
+            for i in range(n):
+                v = s64[i]
+                bad |= (v < 0) | (v >= n_outputs)
+                o[i] = v
+    elif cnp.PyArray_ITEMSIZE(arr) == 4:
+        s32 = <const int32_t*>cnp.PyArray_DATA(arr)
+        with nogil:
+            for i in range(n):
+                v = s32[i]
+                bad |= (v < 0) | (v >= n_outputs)
+                o[i] = v
+    else:
+        return None
+    return None if bad else out
+
+
+def rows_increasing(a, Py_ssize_t K):
+    """Whether each row of K consecutive entries of the int64 array ``a``
+    (from :func:`index_copy`) is strictly increasing (sorted, no duplicate):
+    the canonical form the kernels take."""
+    cdef const int64_t* x = <const int64_t*>_buf(a, cnp.NPY_INT64, 1, False)
+    cdef Py_ssize_t j, n = a.shape[0]
+    cdef bint ok = True
+    if K <= 0:
+        return n == 0
+    with nogil:
+        for j in range(1, n):
+            ok &= (j % K == 0) | (x[j - 1] < x[j])
+    return ok
+
+
+# --------------------------------------------------------------- the steps
+# The step entry points take the state as one ``Arrays`` object (checked
+# once, when the layer's state is made) and the call's arrays by ``_buf``.
+
+cdef class Arrays:
+    """A factored state (V, U, Uinv, M, omega, sv) as the step kernels take
+    it: checked once (one float dtype, C-contiguous, writable, consistent
+    shapes) and kept with its data pointers.  The arrays must be updated in
+    place, never reallocated, while this object is in use."""
+    cdef readonly tuple arrays
+    cdef char* V
+    cdef char* U
+    cdef char* Uinv
+    cdef char* M
+    cdef char* omega
+    cdef char* sv
+    cdef readonly Py_ssize_t D
+    cdef readonly int d
+    cdef int typenum
+
+    def __init__(self, V, U, Uinv, M, omega, sv):
+        if not cnp.PyArray_Check(V) or V.dtype.char not in "fd":
+            raise TypeError("fastsparse._core.Arrays: V must be a float32 or float64 array")
+        self.typenum = cnp.NPY_FLOAT if V.dtype.char == "f" else cnp.NPY_DOUBLE
+        self.V = _buf(V, self.typenum, 2, True)
+        self.U = _buf(U, self.typenum, 2, True)
+        self.Uinv = _buf(Uinv, self.typenum, 2, True)
+        self.M = _buf(M, self.typenum, 2, True)
+        self.omega = _buf(omega, self.typenum, 1, True)
+        self.sv = _buf(sv, self.typenum, 1, True)
+        self.D, d = V.shape
+        self.d = d
+        if (U.shape != (d, d) or Uinv.shape != (d, d) or M.shape != (d, d)
+                or omega.shape != sv.shape or omega.shape[0] not in (0, d)):
+            raise ValueError("fastsparse._core.Arrays: inconsistent shapes "
+                             f"{[x.shape for x in (V, U, Uinv, M, omega, sv)]}")
+        if omega.shape[0] == 0:
+            self.omega = self.sv = NULL
+        self.arrays = (V, U, Uinv, M, omega, sv)
+
+
+cdef fs_loss_spec _spec_of(int kind, Py_ssize_t D, params) except *:
+    cdef const double* p = <const double*>_buf(params, cnp.NPY_DOUBLE, 1, False)
+    cdef Py_ssize_t n = params.shape[0]
     cdef fs_loss_spec spec
     spec.kind = kind
     spec.n_outputs = <double>D
-    spec.eps = params[0] if params.shape[0] > 0 else 0.0
-    spec.alpha = params[1] if params.shape[0] > 1 else 0.0
-    spec.beta = params[2] if params.shape[0] > 2 else 0.0
+    spec.eps = p[0] if n > 0 else 0.0
+    spec.alpha = p[1] if n > 1 else 0.0
+    spec.beta = p[2] if n > 2 else 0.0
     return spec
 
 
-def online_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
-                floating[:, ::1] M, floating[::1] omega, floating[::1] sv,
-                const floating[:, ::1] H, const int64_t[::1] indptr,
-                const int64_t[::1] indices, const floating[::1] values,
-                int loss_kind, const double[::1] loss_params, Py_ssize_t block,
-                Control ctl, floating[::1] loss_out, floating[:, ::1] grad_out):
+cdef Py_ssize_t _targets(Arrays st, H, indptr, indices, values,
+                         const char** h, const int64_t** ip, const int64_t** ix,
+                         const char** val) except -1:
+    """The pointers of a call's hidden vectors and CSR targets; returns m."""
+    h[0] = _buf(H, st.typenum, 2, False)
+    ip[0] = <const int64_t*>_buf(indptr, cnp.NPY_INT64, 1, False)
+    ix[0] = <const int64_t*>_buf(indices, cnp.NPY_INT64, 1, False)
+    val[0] = _buf(values, st.typenum, 1, False)
+    cdef Py_ssize_t m = H.shape[0]
+    if H.shape[1] != st.d or indptr.shape[0] != m + 1 \
+            or values.shape[0] != indices.shape[0] \
+            or ip[0][0] != 0 or ip[0][m] != indices.shape[0]:
+        raise ValueError("fastsparse._core: inconsistent shapes of H, indptr, "
+                         "indices and values")
+    return m
+
+
+def online_step(Arrays st, H, indptr, indices, values, int loss_kind,
+                loss_params, Py_ssize_t block, Control ctl, loss_out, grad_out):
     """Online mode over the rows of H (fs_online).  Returns the status;
     ``ctl`` reports how many examples were applied, the refused one, ..."""
-    cdef fs_loss_spec spec = _spec(loss_kind, V.shape[0], loss_params)
+    cdef fs_loss_spec spec = _spec_of(loss_kind, st.D, loss_params)
+    cdef const char* h
+    cdef const int64_t* ip
+    cdef const int64_t* ix
+    cdef const char* val
+    cdef Py_ssize_t m = _targets(st, H, indptr, indices, values, &h, &ip, &ix, &val)
+    cdef char* lo = _buf(loss_out, st.typenum, 1, True)
+    cdef char* go = _buf(grad_out, st.typenum, 2, True)
     cdef int status
     cdef fs_control* c = &ctl.c
-    if H.shape[0] == 0:
+    if loss_out.shape[0] < m or grad_out.shape[0] < m or grad_out.shape[1] != st.d:
+        raise ValueError("fastsparse._core.online_step: outputs too small")
+    if m == 0:
         c.done = 0
         return FS_OK
     with nogil:
-        if floating is float:
-            status = fs_online_s(V.shape[0], <int>U.shape[0], &V[0, 0], &U[0, 0],
-                                 &Uinv[0, 0], &M[0, 0], _ptr(omega), _ptr(sv),
-                                 H.shape[0], &H[0, 0], &indptr[0],
-                                 _iptr(indices), _cptr(values), &spec, block,
-                                 c, &loss_out[0], &grad_out[0, 0])
+        if st.typenum == cnp.NPY_FLOAT:
+            status = fs_online_s(st.D, st.d, <float*>st.V, <float*>st.U,
+                                 <float*>st.Uinv, <float*>st.M, <float*>st.omega,
+                                 <float*>st.sv, m, <const float*>h, ip, ix,
+                                 <const float*>val, &spec, block, c,
+                                 <float*>lo, <float*>go)
         else:
-            status = fs_online_d(V.shape[0], <int>U.shape[0], &V[0, 0], &U[0, 0],
-                                 &Uinv[0, 0], &M[0, 0], _ptr(omega), _ptr(sv),
-                                 H.shape[0], &H[0, 0], &indptr[0],
-                                 _iptr(indices), _cptr(values), &spec, block,
-                                 c, &loss_out[0], &grad_out[0, 0])
+            status = fs_online_d(st.D, st.d, <double*>st.V, <double*>st.U,
+                                 <double*>st.Uinv, <double*>st.M, <double*>st.omega,
+                                 <double*>st.sv, m, <const double*>h, ip, ix,
+                                 <const double*>val, &spec, block, c,
+                                 <double*>lo, <double*>go)
     return status
 
 
-def batch_step(floating[:, ::1] V, floating[:, ::1] U, floating[:, ::1] Uinv,
-               floating[:, ::1] M, floating[::1] omega, floating[::1] sv,
-               const floating[:, ::1] H, const int64_t[::1] indptr,
-               const int64_t[::1] indices, const floating[::1] values,
-               int loss_kind, const double[::1] loss_params,
-               const floating[::1] grad_a, const double[::1] grad_q,
-               const double[::1] grad_s, Control ctl, floating[::1] loss_out,
-               floating[:, ::1] grad_out):
+def batch_step(Arrays st, H, indptr, indices, values, int loss_kind, loss_params,
+               grad_a, grad_q, grad_s, Control ctl, loss_out, grad_out):
     """Minibatch mode (fs_batch): with ``grad_q`` empty the built-in loss
     ``loss_kind`` (losses in ``loss_out``), otherwise the given gradients
-    (``values`` unused).  Returns the status; nothing changed unless 0."""
-    cdef fs_loss_spec spec = _spec(loss_kind, V.shape[0], loss_params)
+    dL/da (one per target, like ``values``), dL/dq and dL/ds (float64, one
+    per example; ``values`` unused).  Returns the status; nothing changed
+    unless 0."""
+    cdef fs_loss_spec spec = _spec_of(loss_kind, st.D, loss_params)
+    cdef const char* h
+    cdef const int64_t* ip
+    cdef const int64_t* ix
+    cdef const char* val
+    cdef Py_ssize_t m = _targets(st, H, indptr, indices, values, &h, &ip, &ix, &val)
+    cdef const char* ga = _buf(grad_a, st.typenum, 1, False)
+    cdef const double* gq = <const double*>_buf(grad_q, cnp.NPY_DOUBLE, 1, False)
+    cdef const double* gs = <const double*>_buf(grad_s, cnp.NPY_DOUBLE, 1, False)
+    cdef char* lo = _buf(loss_out, st.typenum, 1, True)
+    cdef char* go = _buf(grad_out, st.typenum, 2, True)
+    cdef bint given = grad_q.shape[0] > 0
     cdef int status
     cdef fs_control* c = &ctl.c
-    cdef bint given = grad_q.shape[0] > 0
-    cdef floating dummy = 0
-    if H.shape[0] == 0:
+    if grad_out.shape[0] != m or grad_out.shape[1] != st.d \
+            or (not given and loss_out.shape[0] < m):
+        raise ValueError("fastsparse._core.batch_step: outputs too small")
+    if given and (grad_q.shape[0] != m or grad_s.shape[0] != m
+                  or grad_a.shape[0] != indices.shape[0]):
+        raise ValueError("fastsparse._core.batch_step: inconsistent gradients")
+    if m == 0:
         return FS_OK
+    if not given:
+        ga = NULL
+        gq = gs = NULL
     with nogil:
-        if floating is float:
-            status = fs_batch_s(V.shape[0], <int>U.shape[0], &V[0, 0], &U[0, 0],
-                                &Uinv[0, 0], &M[0, 0], _ptr(omega), _ptr(sv),
-                                <int>H.shape[0], &H[0, 0], &indptr[0],
-                                _iptr(indices), _cptr(values), &spec,
-                                (_cptr(grad_a) if grad_a.shape[0] else &dummy) if given else NULL,
-                                &grad_q[0] if given else NULL,
-                                &grad_s[0] if given else NULL, c,
-                                _ptr(loss_out), &grad_out[0, 0])
+        if st.typenum == cnp.NPY_FLOAT:
+            status = fs_batch_s(st.D, st.d, <float*>st.V, <float*>st.U,
+                                <float*>st.Uinv, <float*>st.M, <float*>st.omega,
+                                <float*>st.sv, <int>m, <const float*>h, ip, ix,
+                                <const float*>val, &spec, <const float*>ga, gq, gs,
+                                c, <float*>lo if not given else NULL, <float*>go)
         else:
-            status = fs_batch_d(V.shape[0], <int>U.shape[0], &V[0, 0], &U[0, 0],
-                                &Uinv[0, 0], &M[0, 0], _ptr(omega), _ptr(sv),
-                                <int>H.shape[0], &H[0, 0], &indptr[0],
-                                _iptr(indices), _cptr(values), &spec,
-                                (_cptr(grad_a) if grad_a.shape[0] else &dummy) if given else NULL,
-                                &grad_q[0] if given else NULL,
-                                &grad_s[0] if given else NULL, c,
-                                _ptr(loss_out), &grad_out[0, 0])
+            status = fs_batch_d(st.D, st.d, <double*>st.V, <double*>st.U,
+                                <double*>st.Uinv, <double*>st.M, <double*>st.omega,
+                                <double*>st.sv, <int>m, <const double*>h, ip, ix,
+                                <const double*>val, &spec, <const double*>ga, gq, gs,
+                                c, <double*>lo if not given else NULL, <double*>go)
     return status
 
 
@@ -385,12 +599,12 @@ def invert(double[:, ::1] A, double[:, ::1] out):
 
 
 # ------------------------------------------------- Python shims for tests
-def _py_eval_loss(int kind, Py_ssize_t n_outputs, const double[::1] params,
+def _py_eval_loss(int kind, Py_ssize_t n_outputs, params,
                   const floating[::1] a, const floating[::1] y, double q,
                   double s, floating[::1] ga):
     """The compiled loss of one example: returns (status, L, gq, gs) and
     writes dL/da into ``ga``."""
-    cdef fs_loss_spec spec = _spec(kind, n_outputs, params)
+    cdef fs_loss_spec spec = _spec_of(kind, n_outputs, params)
     cdef double L = 0.0, gq = 0.0, gs = 0.0
     cdef int status
     if floating is float:

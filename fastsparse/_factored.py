@@ -14,6 +14,7 @@ from ._threads import compute, locked
 from ._validation import check_bool, check_int, check_real
 
 _S = _core.fs_status
+_OK, _CHECK = int(_S.FS_OK), int(_S.FS_CHECK)     # plain ints: cheap tests
 _EMPTY = np.zeros(0)
 
 #: largest accepted ``online_block`` (examples per block of the online kernel)
@@ -278,14 +279,14 @@ class FactoredOutputLayer(OutputLayerBase):
         start = 0
         while start < m:
             part = tg.slice(start, m) if start else tg
-            status = _core.online_step(*self._st.arrays(), Ha[start:], part.indptr,
+            status = _core.online_step(self._st.kernel, Ha[start:], part.indptr,
                                        part.indices, part.values, self.loss.kind,
                                        self._params, self._online_block, ctl,
                                        loss[start:], grad[start:])
             done = ctl.done
             if lr > 0:
                 self._health.after_examples(self._st, done, ctl)
-            if status not in (_S.FS_OK, _S.FS_CHECK):
+            if status != _OK and status != _CHECK:
                 self._raise_status(status, start + ctl.bad, start + done)
             start += done
         return loss, self._strip(grad)
@@ -300,10 +301,10 @@ class FactoredOutputLayer(OutputLayerBase):
         else:
             (ga, gq, gs), kind, values = given, 0, tg.values
             out = np.zeros(0, dtype=self.dtype)
-        status = _core.batch_step(*self._st.arrays(), Ha, tg.indptr, tg.indices,
+        status = _core.batch_step(self._st.kernel, Ha, tg.indptr, tg.indices,
                                   values, kind, self._params, ga, gq, gs, ctl,
                                   out, grad)
-        if status != _S.FS_OK:
+        if status != _OK:
             self._raise_status(status, ctl.bad, 0)
         if lr > 0:
             self._health.after_examples(self._st, Ha.shape[0], ctl, updates=1)

@@ -147,12 +147,6 @@ class StabilityControl:
         ctl.scale_limit = 2.0 ** self.scale_exp if on else 0.0
         return ctl
 
-    def _due(self, ctl):
-        """Whether the kernels' bounds ask for a check (cond or scale)."""
-        lim = 4.0 ** self.scale_exp
-        return (ctl.smax2 * ctl.sinv2 > self.max_cond ** 2
-                or ctl.smax2 > lim or ctl.sinv2 > lim)
-
     # ------------------------------------------------------------ schedule
     def after_examples(self, st, n, ctl, updates=None):
         """Count n applied examples in ``updates`` updates of U (default n:
@@ -164,10 +158,13 @@ class StabilityControl:
         self.steps_since_renormalization += n
         self._since_check += updates
         self._since_inverse += updates
-        self.counts["near_singular_updates"] += ctl.n_split
-        self.min_factor = min(self.min_factor, ctl.min_factor)
-        if self.enabled and (self._since_check >= self.check_every
-                             or self._due(ctl)):
+        n_split, min_factor = ctl.n_split, ctl.min_factor
+        if n_split:
+            self.counts["near_singular_updates"] += n_split
+        if min_factor < self.min_factor:
+            self.min_factor = min_factor
+        # (ctl's limits are this control's own, set by control(): enabled)
+        if self.enabled and (self._since_check >= self.check_every or ctl.due()):
             self.check(st)
 
     # --------------------------------------------------------------- check

@@ -1,12 +1,13 @@
 """The arrays of a factored layer (docs/algorithm.md §1), in one object.
 
-The layer owns one :class:`FactoredState`; the kernels get its arrays
-(:meth:`FactoredState.arrays`); the numerical-health control
+The layer owns one :class:`FactoredState`; the step kernels get its arrays
+through ``FactoredState.kernel``; the numerical-health control
 (fastsparse._health) reads and transforms it in place, without knowing the
 layer.  Everything here needs the arrays alone.
 """
 import numpy as np
 
+from . import _core
 from ._threads import single_thread
 
 #: rows of V (or W) processed at once by the O(D d^2) passes and the
@@ -17,13 +18,15 @@ CHUNK_ROWS = 1 << 16
 class FactoredState:
     """``W = V U + 1 omega^T`` with ``Uinv = U^{-1}``, ``M = V^T V`` (its
     upper triangle) and ``sv = V^T 1`` (omega and sv empty when the sums
-    are not tracked)."""
+    are not tracked).  The arrays are updated in place, never replaced:
+    ``kernel`` (the step kernels' view of them) keeps their addresses."""
 
-    __slots__ = ("V", "U", "Uinv", "M", "omega", "sv")
+    __slots__ = ("V", "U", "Uinv", "M", "omega", "sv", "kernel")
 
     def __init__(self, V, U, Uinv, M, omega, sv):
         self.V, self.U, self.Uinv, self.M = V, U, Uinv, M
         self.omega, self.sv = omega, sv
+        self.kernel = _core.Arrays(V, U, Uinv, M, omega, sv)
 
     @classmethod
     def from_weights(cls, V, track_sum):
@@ -36,10 +39,6 @@ class FactoredState:
     @property
     def dtype(self):
         return self.V.dtype
-
-    def arrays(self):
-        """(V, U, Uinv, M, omega, sv), as the kernels take them."""
-        return self.V, self.U, self.Uinv, self.M, self.omega, self.sv
 
     def full_M(self):
         """M as a full symmetric float64 matrix."""

@@ -10,9 +10,11 @@ import operator
 import numpy as np
 import scipy.sparse as sp
 
+from . import _core
+
 __all__ = ["check_bias", "check_bool", "check_dtype", "check_hidden", "check_int",
            "check_lr", "check_mode", "check_real", "check_rows", "check_size",
-           "check_weight_decay", "parse_targets", "Targets"]
+           "check_step_args", "check_weight_decay", "parse_targets", "Targets"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _INT32_MAX = np.iinfo(np.int32).max
@@ -147,10 +149,8 @@ def _check_finite(arr, name):
 
 def check_hidden(H, n_hidden, dtype):
     """H as a C-contiguous (m, n_hidden) array of ``dtype``, all finite."""
-    if type(H) is np.ndarray and H.dtype == dtype and H.ndim == 2 \
-            and H.shape[1] == n_hidden and H.flags.c_contiguous \
-            and np.isfinite(np.add.reduce(H, axis=None, dtype=np.float64)):
-        return H            # fast path: a NaN or Inf makes the sum non-finite
+    if type(H) is np.ndarray and _core.finite2d(H, n_hidden, dtype.num):
+        return H            # the common case, checked in one compiled pass
     arr = _as_float_array(H, "H", dtype)
     if arr.ndim != 2 or arr.shape[1] != n_hidden:
         hint = " (for one example use H[None, :])" if arr.ndim == 1 else ""
@@ -178,6 +178,19 @@ def check_mode(mode):
     if not isinstance(mode, str) or mode not in ("batch", "online"):
         raise ValueError(f"mode must be 'batch' or 'online', got {mode!r}")
     return mode
+
+
+_INF = float("inf")
+
+
+def check_step_args(lr, wd, mode):
+    """(lr, weight_decay, mode) of a step, checked as by :func:`check_lr`,
+    :func:`check_weight_decay` and :func:`check_mode`."""
+    if type(lr) is float and type(wd) is float and 0.0 <= lr < _INF \
+            and wd == 0.0 and type(mode) is str and mode in ("batch", "online"):
+        return lr, 0.0, mode        # the common case, in a few comparisons
+    lr = check_lr(lr)
+    return lr, check_weight_decay(wd, lr), check_mode(mode)
 
 
 def _check_indices(idx, n_outputs, name):
@@ -258,11 +271,50 @@ class Targets:
 
 _ARANGE = np.arange(4097, dtype=np.int64)
 _ARANGE.flags.writeable = False
+_ONES = {}
+for _dt in (np.float32, np.float64):
+    _ONES[np.dtype(_dt)] = np.ones(4096, dtype=_dt)
+    _ONES[np.dtype(_dt)].flags.writeable = False
 
 
 def _arange(n):
     """0..n-1 as int64 (a read-only view for small n: no allocation)."""
     return _ARANGE[:n] if n <= _ARANGE.size else np.arange(n, dtype=np.int64)
+
+
+def _ones(n, dtype):
+    """n ones of ``dtype`` (a read-only view for small n)."""
+    ones = _ONES.get(dtype)
+    return ones[:n] if ones is not None and n <= ones.size else np.ones(n, dtype=dtype)
+
+
+def _fast_targets(targets, m, n_outputs, dtype):
+    """The common target forms, checked in compiled passes: an int64/int32
+    index array of shape (m,), or a tuple of C-contiguous (m, K) int64/int32
+    indices, sorted and distinct in each row, and values (``dtype`` or
+    None).  None for anything else, or anything wrong: the general path
+    then examines it (and says what is wrong)."""
+    if type(targets) is np.ndarray:
+        if targets.shape == (m,):
+            idx = _core.index_copy(targets, n_outputs)
+            if idx is not None:
+                return Targets(_arange(m + 1), idx, _ones(m, dtype))
+        return None
+    if type(targets) is not tuple or len(targets) != 2:
+        return None
+    idx, val = targets
+    if type(idx) is not np.ndarray or idx.ndim != 2 or idx.shape[0] != m:
+        return None
+    K = idx.shape[1]
+    if val is not None and not (type(val) is np.ndarray and val.shape == idx.shape
+                                and _core.finite2d(val, K, dtype.num)):
+        return None
+    flat = _core.index_copy(idx, n_outputs)
+    if flat is None or K == 0 or (K > 1 and not _core.rows_increasing(flat, K)):
+        return None
+    values = _ones(m * K, dtype) if val is None else val.reshape(-1).copy()
+    indptr = _arange(m + 1) if K == 1 else np.arange(0, m * K + 1, K, dtype=np.int64)
+    return Targets(indptr, flat, values)
 
 
 def parse_targets(targets, m, n_outputs, dtype, names=("targets indices",
@@ -282,6 +334,9 @@ def parse_targets(targets, m, n_outputs, dtype, names=("targets indices",
     duplicates summed) is built with NumPy, without converting untrusted
     input with scipy.  The int and tuple forms make no scipy call.
     """
+    fast = _fast_targets(targets, m, n_outputs, dtype)
+    if fast is not None:
+        return fast
     iname, vname = names
     if sp.issparse(targets):
         rows, cols, data = _sparse_triplets(targets, m, n_outputs)
@@ -302,11 +357,6 @@ def parse_targets(targets, m, n_outputs, dtype, names=("targets indices",
                 raise ValueError(f"{vname} must have the shape of the "
                                  f"indices {idx.shape}, got {val.shape}")
         return _canonical_from_matrix(idx, val, vname)
-    if type(targets) is np.ndarray and targets.dtype == np.int64 \
-            and targets.shape == (m,) and m and targets.flags.c_contiguous:
-        # the language-model case, fast: one target of value 1 per example
-        if targets.min() >= 0 and targets.max() < n_outputs:
-            return Targets(_arange(m + 1), targets.copy(), np.ones(m, dtype=dtype))
     if isinstance(targets, (np.ndarray, list, range)):
         idx = _as_index_array(targets, "targets")
         if idx.shape != (m,):

@@ -9,7 +9,10 @@
  * row-major matrix is the column-major view of its transpose).  They are
  * the only BLAS binding of the package: every kernel calls BLAS through
  * them.  Calls with a single row go to the BLAS-2 routine (a one-row GEMM
- * costs a packing pass of its other operand).  No validation here. */
+ * costs a packing pass of its other operand).  Tiny products (at most
+ * FS_SMALL multiply-adds: d <= 16) are computed by the loops below, in
+ * double: a Fortran BLAS call costs more than such a product (about 0.1-0.3
+ * us each, 20 per example at d = 8).  No validation here. */
 #ifndef FS_BLAS_H
 #define FS_BLAS_H
 
@@ -71,20 +74,48 @@ typedef struct {
 /* The table the kernels use (defined in fs_kernels.c, filled by the host). */
 extern fs_blas_table fs_blas;
 
-/* Row-major wrappers, suffix _s / _d; trans arguments are 0 (no) or 1. */
+/* the largest product (multiply-adds) computed by the loops, not BLAS */
+#define FS_SMALL 256
+
+/* Row-major wrappers, suffix _s / _d; trans arguments are 0 (no) or 1.
+ * As in BLAS, C (or y) is not read when beta = 0. */
 #define FS_BLAS_WRAPPERS(T, S)                                                \
 /* y = alpha op(A) x + beta y, A m x n */                                     \
 static inline void fs_gemv_##S(int ta, int m, int n, T alpha, const T *A,     \
                                int lda, const T *x, int incx, T beta, T *y,   \
                                int incy)                                      \
 {                                                                             \
-    const char t = ta ? 'N' : 'T';                                            \
-    fs_blas.S##gemv(&t, &n, &m, &alpha, A, &lda, x, &incx, &beta, y, &incy);  \
+    if ((long)m * n <= FS_SMALL) {                                            \
+        const int ny = ta ? n : m, nx = ta ? m : n;                           \
+        for (int i = 0; i < ny; ++i) {                                        \
+            double acc = 0.0;                                                 \
+            for (int j = 0; j < nx; ++j)                                      \
+                acc += (double)(ta ? A[(long)j * lda + i]                     \
+                                   : A[(long)i * lda + j])                    \
+                       * x[(long)j * incx];                                   \
+            T *yi = y + (long)i * incy;                                       \
+            *yi = (T)(alpha * acc + (beta == (T)0 ? 0.0 : (double)beta * *yi)); \
+        }                                                                     \
+        return;                                                               \
+    }                                                                         \
+    {                                                                         \
+        const char t = ta ? 'N' : 'T';                                        \
+        fs_blas.S##gemv(&t, &n, &m, &alpha, A, &lda, x, &incx, &beta, y,      \
+                        &incy);                                               \
+    }                                                                         \
 }                                                                             \
 /* A (m x n) += alpha x y^T */                                                \
 static inline void fs_ger_##S(int m, int n, T alpha, const T *x, int incx,    \
                               const T *y, int incy, T *A, int lda)            \
 {                                                                             \
+    if ((long)m * n <= FS_SMALL) {                                            \
+        for (int i = 0; i < m; ++i) {                                         \
+            const double ax = (double)alpha * x[(long)i * incx];              \
+            for (int j = 0; j < n; ++j)                                       \
+                A[(long)i * lda + j] += (T)(ax * y[(long)j * incy]);          \
+        }                                                                     \
+        return;                                                               \
+    }                                                                         \
     fs_blas.S##ger(&n, &m, &alpha, y, &incy, x, &incx, A, &lda);              \
 }                                                                             \
 /* C (m x n) = alpha op(A) op(B) + beta C */                                  \
@@ -92,6 +123,19 @@ static inline void fs_gemm_##S(int ta, int tb, int m, int n, int k, T alpha,  \
                                const T *A, int lda, const T *B, int ldb,      \
                                T beta, T *C, int ldc)                         \
 {                                                                             \
+    if ((long)m * n * k <= FS_SMALL) {                                        \
+        for (int i = 0; i < m; ++i)                                           \
+            for (int j = 0; j < n; ++j) {                                     \
+                double acc = 0.0;                                             \
+                for (int l = 0; l < k; ++l)                                   \
+                    acc += (double)(ta ? A[(long)l * lda + i]                 \
+                                       : A[(long)i * lda + l])                \
+                           * (tb ? B[(long)j * ldb + l] : B[(long)l * ldb + j]); \
+                T *c = C + (long)i * ldc + j;                                 \
+                *c = (T)(alpha * acc + (beta == (T)0 ? 0.0 : (double)beta * *c)); \
+            }                                                                 \
+        return;                                                               \
+    }                                                                         \
     if (m == 1) {   /* one row: c = alpha op(B)^T a + beta c */               \
         fs_gemv_##S(!tb, tb ? n : k, tb ? k : n, alpha, B, ldb, A,            \
                     ta ? lda : 1, beta, C, 1);                                \
@@ -112,6 +156,18 @@ static inline void fs_symm_right_upper_##S(int m, int n, T alpha, const T *A, \
                                            int lda, const T *B, int ldb,      \
                                            T beta, T *C, int ldc)             \
 {                                                                             \
+    if ((long)m * n * n <= FS_SMALL) {                                        \
+        for (int i = 0; i < m; ++i)                                           \
+            for (int j = 0; j < n; ++j) {                                     \
+                double acc = 0.0;                                             \
+                for (int l = 0; l < n; ++l)                                   \
+                    acc += (double)B[(long)i * ldb + l]                       \
+                           * (l <= j ? A[(long)l * lda + j] : A[(long)j * lda + l]); \
+                T *c = C + (long)i * ldc + j;                                 \
+                *c = (T)(alpha * acc + (beta == (T)0 ? 0.0 : (double)beta * *c)); \
+            }                                                                 \
+        return;                                                               \
+    }                                                                         \
     if (m == 1) {                                                             \
         const char uplo = 'L';                                                \
         const int one = 1;                                                    \
@@ -131,6 +187,18 @@ static inline void fs_syr2k_upper_trans_##S(int n, int k, T alpha,            \
                                             int ldb, T beta, T *C, int ldc)   \
 {                                                                             \
     const char uplo = 'L';                                                    \
+    if ((long)n * n * k <= 2 * FS_SMALL) {  /* (the upper half: n^2 k / 2) */ \
+        for (int i = 0; i < n; ++i)                                           \
+            for (int j = i; j < n; ++j) {                                     \
+                double acc = 0.0;                                             \
+                for (int l = 0; l < k; ++l)                                   \
+                    acc += (double)A[(long)l * lda + i] * B[(long)l * ldb + j] \
+                           + (double)B[(long)l * ldb + i] * A[(long)l * lda + j]; \
+                T *c = C + (long)i * ldc + j;                                 \
+                *c = (T)(alpha * acc + (beta == (T)0 ? 0.0 : (double)beta * *c)); \
+            }                                                                 \
+        return;                                                               \
+    }                                                                         \
     if (k == 1 && beta == (T)1) {                                             \
         const int one = 1;                                                    \
         fs_blas.S##syr2(&uplo, &n, &alpha, A, &one, B, &one, C, &ldc);        \

@@ -67,7 +67,7 @@ def test_check_run_agrees_with_the_package(exe, tmp_path, block):
     loss, grad = np.empty(m), np.empty((m, d))
     ctl = _core.Control(0.5, 0.0, 1e30, 1.0, 1.0, 1e6)
     ctl.set_rates(0.01, 0.0)
-    st = _core.online_step(*state, empty, empty, H, np.arange(0, m * K + 1, K),
+    st = _core.online_step(_core.Arrays(*state, empty, empty), H, np.arange(0, m * K + 1, K),
                            idx, np.ones(m * K), 0, np.zeros(3), block, ctl, loss, grad)
     assert st == 0
     for mine, theirs in zip(state + [loss, grad], res):

@@ -104,7 +104,7 @@ def _run_kernel(state, H, indptr, indices, values, lr, block, loss_kind=1,
     loss = np.full(H.shape[0], -1.0, dtype=H.dtype)
     grad = np.full(H.shape, -1.0, dtype=H.dtype)
     ctl = _control(H.dtype, lr)
-    st = _core.online_step(*state, empty, empty, H, indptr, indices, values,
+    st = _core.online_step(_core.Arrays(*state, empty, empty), H, indptr, indices, values,
                            loss_kind, np.asarray(params, float), block, ctl,
                            loss, grad)
     return (st, ctl.done, ctl.bad, ctl.n_split), state, loss, grad

@@ -103,3 +103,116 @@ def test_empty_minibatch():
     layer = _layer(FactoredOutputLayer)
     loss, grad = layer.step(np.zeros((0, 6)), np.zeros(0, dtype=int), 0.1)
     assert loss.shape == (0,) and grad.shape == (0, 6)
+
+
+# ---- the compiled fast paths (fastsparse._core, called by _validation) ----
+def _same_targets(a, b):
+    for name in ("indptr", "indices", "values"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype, name
+        np.testing.assert_array_equal(x, y, err_msg=name)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_target_paths_equal_the_general_ones(dtype):
+    """Every form the compiled checks take gives what the NumPy path gives
+    for the same targets in a form that only it takes (a list, a Fortran
+    order, byte-swapped or unsigned array, scipy.sparse)."""
+    dt = np.dtype(dtype)
+    rng = np.random.default_rng(7)
+    m, D = 9, 50
+    t = rng.integers(0, D, m)
+    ref = parse_targets(list(t), m, D, dt)
+    for arr in (t, t.astype(np.int32), t.astype(">i8"), t.astype(np.uint16)):
+        _same_targets(parse_targets(arr, m, D, dt), ref)
+    idx = np.sort(rng.choice(D, (m, 3)), axis=1)
+    idx[:, 1] = idx[:, 0] + 1 + np.arange(m) % 3     # strictly increasing rows
+    idx[:, 2] = idx[:, 1] + 1
+    val = rng.standard_normal((m, 3)).astype(dt)
+    ref = parse_targets(sp.csr_array((val.ravel(), idx.ravel(), np.arange(0, 3 * m + 1, 3)),
+                                     shape=(m, D + 5)), m, D + 5, dt)
+    for tg in ((idx, val), (idx.astype(np.int32), val), (np.asfortranarray(idx), val),
+               (idx, np.asfortranarray(val))):
+        _same_targets(parse_targets(tg, m, D + 5, dt), ref)
+    # unsorted rows and duplicates: the NumPy path sorts and sums them
+    dup = np.array([[4, 2, 4]] * m)
+    got = parse_targets((dup, None), m, D, dt)
+    np.testing.assert_array_equal(got.indices, np.tile([2, 4], m))
+    np.testing.assert_array_equal(got.values, np.tile([1, 2], m))
+
+
+@pytest.mark.parametrize("bad, error", [
+    (np.array([3, 50]), IndexError), (np.array([-1, 0]), IndexError),
+    (np.array([3, 1 << 40]), IndexError), (np.array([3.0, 1.0]), TypeError),
+    (np.array([3, 4, 5]), ValueError),
+    ((np.array([[3], [50]]), None), IndexError),
+    ((np.array([[3], [4]]), np.array([[1.0], [np.nan]])), ValueError),
+    ((np.array([[3], [4]]), np.array([[1.0], [np.inf]], np.float32)), ValueError),
+])
+def test_fast_paths_refuse_what_the_general_path_refuses(bad, error):
+    with pytest.raises(error):
+        parse_targets(bad, 2, 50, np.dtype(np.float32))
+
+
+def test_compiled_checks_directly():
+    from fastsparse import _core
+    f32 = np.dtype(np.float32).num
+    H = np.ones((3, 4), np.float32)
+    assert _core.finite2d(H, 4, f32)
+    assert not _core.finite2d(H, 5, f32)                 # columns
+    assert not _core.finite2d(H.astype(np.float64), 4, f32)
+    assert not _core.finite2d(np.asfortranarray(np.ones((3, 4), np.float32)[:, :3]), 3, f32)
+    assert not _core.finite2d(H.astype(">f4"), 4, f32)   # byte order
+    assert not _core.finite2d(H[0], 4, f32)              # 1-D
+    for bad in (np.nan, np.inf, -np.inf):
+        G = H.copy()
+        G[2, 3] = bad
+        assert not _core.finite2d(G, 4, f32)
+    assert _core.finite2d(np.ones((0, 4), np.float32), 4, f32)
+    assert _core.index_copy(np.array([0, 9]), 10).tolist() == [0, 9]
+    assert _core.index_copy(np.array([[0, 9]], np.int32), 10).tolist() == [0, 9]
+    for bad in (np.array([0, 10]), np.array([-1]), np.array([1], np.uint64),
+                np.array([1], np.int16), np.array([1.0]), np.array([0, 1, 2])[::2]):
+        assert _core.index_copy(bad, 10) is None
+    assert _core.rows_increasing(np.array([1, 2, 0, 5]), 2)
+    assert not _core.rows_increasing(np.array([1, 2, 5, 5]), 2)
+    assert not _core.rows_increasing(np.array([2, 1]), 2)
+
+
+def test_kernel_entry_refuses_wrong_arrays():
+    """The step entry points check the type, dimensions, contiguity, byte
+    order and writability of every array they take a pointer of."""
+    from fastsparse import _core
+    d = 4
+    st = [np.zeros((10, d), np.float32), np.eye(d, dtype=np.float32),
+          np.eye(d, dtype=np.float32), np.eye(d, dtype=np.float32)]
+    e = np.zeros(0, np.float32)
+    arrays = _core.Arrays(*st, e, e)
+    for i, bad in [(0, st[0].astype(np.float64)), (1, np.eye(d + 1, dtype=np.float32)),
+                   (2, np.asfortranarray(st[2])[:, :]), (3, st[3].astype(">f4"))]:
+        args = list(st) + [e, e]
+        args[i] = bad if i != 2 else np.eye(2 * d, dtype=np.float32)[::2, ::2]
+        with pytest.raises((TypeError, ValueError)):
+            _core.Arrays(*args)
+    ro = np.eye(d, dtype=np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(TypeError):
+        _core.Arrays(st[0], ro, st[2], st[3], e, e)
+    ctl = _core.Control(0.5, 0.0, 1e30, 1.0, 1.0, 1.0)
+    H = np.zeros((2, d), np.float32)
+    ip, ix, v = np.arange(3), np.array([1, 2]), np.ones(2, np.float32)
+    loss, grad = np.empty(2, np.float32), np.empty((2, d), np.float32)
+    params = np.zeros(1)
+    assert _core.online_step(arrays, H, ip, ix, v, 0, params, 0, ctl, loss, grad) == 0
+    bad_calls = [
+        dict(H=H.astype(np.float64)), dict(H=np.zeros((2, d + 1), np.float32)),
+        dict(ip=np.arange(4)), dict(ip=np.array([0, 1, 3])), dict(ix=ix.astype(np.int32)),
+        dict(v=np.ones(3, np.float32)), dict(loss=np.empty(1, np.float32)),
+        dict(grad=np.empty((2, d), np.float64)), dict(params=np.zeros(1, np.float32)),
+    ]
+    for change in bad_calls:
+        a = dict(H=H, ip=ip, ix=ix, v=v, loss=loss, grad=grad, params=params)
+        a.update(change)
+        with pytest.raises((TypeError, ValueError)):
+            _core.online_step(arrays, a["H"], a["ip"], a["ix"], a["v"], 0, a["params"],
+                              0, ctl, a["loss"], a["grad"])
