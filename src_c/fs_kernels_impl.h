@@ -538,7 +538,9 @@ int F(fs_forward)(ptrdiff_t D, int d, const T *V, const T *U, const T *M,
  * is no eigenvalue of S's null space), their unit eigenvectors as the rows
  * of N (k x d, double) and E = 1 - lam; lam_lo/lam_hi: the smallest and
  * largest |lam| of the others (1 included), *min_abs the smallest |lam| of
- * all.  -1: out of memory or a LAPACK failure. */
+ * all.  When the Frobenius norm of S proves every |lam| >= split, they are
+ * the bounds it gives (1 -/+ ||S||_F) and no eigenvalue is computed.
+ * -1: out of memory or a LAPACK failure. */
 static int F(fs_spectrum)(int m, int d, const T *H, const T *HHt,
                           const double *dv, double split, double *N,
                           double *E, double *lam_lo, double *lam_hi,
@@ -548,6 +550,27 @@ static int F(fs_spectrum)(int m, int d, const T *H, const T *HHt,
     for (int i = 0; i < m; ++i)
         if (dv[i] < 0)
             mode = 1;
+    {   /* every |mu| <= ||S||_2 <= ||S||_F, and ||S||_F^2 = sum_ij dv_i dv_j
+         * (h_i . h_j)^2 whatever the signs: when that bound keeps every
+         * 1 - mu away from the split, no eigenvalue is needed (the common
+         * case of small steps); the bounds then stand for lam_lo/hi */
+        double f2 = 0.0;
+        for (int i = 0; i < m; ++i) {
+            const T *gi = HHt + (ptrdiff_t)i * m;
+            double acc = 0.0;
+            for (int j = 0; j < m; ++j)
+                acc += dv[j] * (double)gi[j] * (double)gi[j];
+            f2 += dv[i] * acc;
+        }
+        /* (1 + 1e-3: room for the rounding of H H^T, as the eigenvalues
+         * computed from it below have) */
+        const double b = sqrt(fabs(f2)) * (1.0 + 1e-3);
+        if (b < 1.0 - split) {
+            *lam_lo = *min_abs = 1.0 - b;
+            *lam_hi = mode == 1 ? 1.0 + b : 1.0;
+            return 0;
+        }
+    }
     /* mixed signs need a QR of H^T (O(d m^2)) and an m x m product: from
      * m >= 0.8 d on, the d x d form is cheaper (one gemm) */
     if (m > d || (mode == 1 && 5 * m >= 4 * d))
