@@ -468,16 +468,18 @@ def plot(results, path, title):
         print("(matplotlib is not installed: no plot)", file=sys.stderr)
         return None
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    for label, runs in results.items():
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, (label, runs) in enumerate(results.items()):
         cps = [c for c in runs[0]["checkpoints"] if not c.get("diverged")]
         if not cps:
             continue
         x = [c["cpu"] for c in cps]
+        color = cycle[n % len(cycle)]      # one colour per variant, every panel
         for ax, key in zip(axes, ("top1", "top10", "ppl")):
             y = [c[key] for c in cps]
             if any(v is None for v in y):
                 continue
-            line, = ax.plot(x, y, "o-", label=label, ms=4)
+            line, = ax.plot(x, y, "o-", label=label, ms=4, color=color)
             for c in cps:        # seeds' spread at the budgets
                 if c.get("budget") is None or len(runs) < 2:
                     continue
@@ -492,6 +494,7 @@ def plot(results, path, title):
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[2].set_yscale("log")
+    axes[2].set_title("(only the losses that define probabilities)", fontsize=8)
     axes[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -638,9 +641,9 @@ def main(argv=None):
             json.dump({"environment": env, "budgets": args.budgets,
                        "results": results}, f, indent=1)
     if args.plot:
-        title = (f"{env['corpus']}: D = {env['D']:,}, d = "
-                 f"{'/'.join(sorted({str(c['d']) for c in args.cfgs}))}, minibatch "
-                 f"{args.batch}, one thread")
+        ds = sorted({str(c["d"]) for c in args.cfgs}) or [f"{VARIANT_KEYS['d']} unless labelled"]
+        title = (f"{env['corpus']}: D = {env['D']:,}, d = {'/'.join(ds)}, "
+                 f"minibatch {args.batch}, one thread")
         if plot(results, args.plot, title):
             print(f"\nplot: {args.plot}")
     return 0

@@ -4,7 +4,9 @@ called through scipy.linalg.cython_blas) against NumPy, for both dtypes.
 The wrappers take row-major arrays and translate to Fortran BLAS by swapping
 operands; these tests use non-square shapes so that a swapped dimension or
 flag cannot go unnoticed, and one-row / rank-one shapes, which the wrappers
-send to the BLAS-2 routines.
+send to the BLAS-2 routines.  Tiny products (at most FS_SMALL = 256
+multiply-adds) are computed by the wrappers' own loops: every shape is
+tested as it is (the loops) and scaled by 7 in each dimension (BLAS).
 """
 import numpy as np
 import pytest
@@ -14,6 +16,8 @@ from fastsparse import _core
 DTYPES = [np.float32, np.float64]
 # per-dtype tolerances (relative to the magnitude of the result)
 RTOL = {np.float32: 1e-5, np.float64: 1e-13}
+#: 1: the wrappers' loops; 7: the same shapes through BLAS
+SCALES = [1, 7]
 
 
 def _rand(rng, shape, dtype):
@@ -32,7 +36,9 @@ def assert_close(actual, expected, dtype):
 @pytest.mark.parametrize("m,n,k,beta", [(4, 6, 3, 0.5), (1, 6, 3, 0.5),
                                         (4, 6, 1, 1.0), (4, 6, 1, 0.5),
                                         (1, 5, 1, 1.0)])
-def test_gemm(rng, dtype, ta, tb, m, n, k, beta):
+@pytest.mark.parametrize("s", SCALES)
+def test_gemm(rng, dtype, ta, tb, m, n, k, beta, s):
+    m, n, k = (m if m == 1 else s * m), s * n, (k if k == 1 else s * k)
     A = _rand(rng, (k, m) if ta else (m, k), dtype)
     B = _rand(rng, (n, k) if tb else (k, n), dtype)
     C = _rand(rng, (m, n), dtype)
@@ -43,10 +49,11 @@ def test_gemm(rng, dtype, ta, tb, m, n, k, beta):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("trans", [False, True])
-def test_gemv(rng, dtype, trans):
-    A = _rand(rng, (4, 6), dtype)
-    x = _rand(rng, 4 if trans else 6, dtype)
-    y = _rand(rng, 6 if trans else 4, dtype)
+@pytest.mark.parametrize("s", SCALES)
+def test_gemv(rng, dtype, trans, s):
+    A = _rand(rng, (4 * s, 6 * s), dtype)
+    x = _rand(rng, 4 * s if trans else 6 * s, dtype)
+    y = _rand(rng, 6 * s if trans else 4 * s, dtype)
     expected = 2.0 * (A.T if trans else A) @ x + 0.5 * y
     _core._py_gemv(trans, 2.0, A, x, 0.5, y)
     assert_close(y, expected, dtype)
@@ -54,8 +61,9 @@ def test_gemv(rng, dtype, trans):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m", [4, 1])
-def test_symm_right_upper(rng, dtype, m):
-    n = 6
+@pytest.mark.parametrize("s", SCALES)
+def test_symm_right_upper(rng, dtype, m, s):
+    n, m = 6 * s, (m if m == 1 else s * m)
     S = _rand(rng, (n, n), dtype)
     S = S + S.T
     B = _rand(rng, (m, n), dtype)
@@ -67,8 +75,9 @@ def test_symm_right_upper(rng, dtype, m):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k,beta", [(3, 1.0), (3, 0.5), (1, 1.0)])
-def test_syr2k_upper_trans(rng, dtype, k, beta):
-    n = 5
+@pytest.mark.parametrize("s", SCALES)
+def test_syr2k_upper_trans(rng, dtype, k, beta, s):
+    n, k = 5 * s, (k if k == 1 else s * k)
     A = _rand(rng, (k, n), dtype)
     B = _rand(rng, (k, n), dtype)
     S = _rand(rng, (n, n), dtype)
@@ -77,6 +86,26 @@ def test_syr2k_upper_trans(rng, dtype, k, beta):
     C = S.copy()
     _core._py_syr2k_upper_trans(-0.5, A, B, beta, C)
     assert_close(np.triu(C), np.triu(expected), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("s", SCALES)
+def test_beta_zero_does_not_read_the_output(rng, dtype, s):
+    """As in BLAS, beta = 0 overwrites C (or y): NaN there is not read."""
+    A = _rand(rng, (4 * s, 6 * s), dtype)
+    B = _rand(rng, (6 * s, 3 * s), dtype)
+    C = np.full((4 * s, 3 * s), np.nan, dtype)
+    _core._py_gemm(False, False, 1.0, A, B, 0.0, C)
+    assert_close(C, A @ B, dtype)
+    y = np.full(4 * s, np.nan, dtype)
+    x = _rand(rng, 6 * s, dtype)
+    _core._py_gemv(False, 1.0, A, x, 0.0, y)
+    assert_close(y, A @ x, dtype)
+    S = _rand(rng, (6 * s, 6 * s), dtype)
+    S = S + S.T
+    C = np.full((4 * s, 6 * s), np.nan, dtype)
+    _core._py_symm_right_upper(1.0, np.triu(S), A, 0.0, C)
+    assert_close(C, A @ S, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
