@@ -200,21 +200,6 @@ class AdaptiveHead(DenseHead):
         return logp, logp[np.arange(len(y)), y].astype(np.float64)
 
 
-def unigram_bias(loss, counts, eps, uniform=0.05):
-    """An output bias that starts the model at the unigram distribution p
-    of the training targets (add-one smoothed): spherical softmax
-    ``b = c sqrt(p)`` with ``c^2 = (1 - uniform) / uniform * D eps`` (so that
-    with W = 0 it gives ``(1 - uniform) p + uniform / D``); squared error
-    ``b = p``; z-loss ``log p`` standardised (ranks words by frequency)."""
-    p = (counts + 1.0) / (counts.sum() + len(counts))
-    if loss == "spherical_softmax":
-        return np.sqrt((1 - uniform) / uniform * len(counts) * eps * p)
-    if loss == "squared":
-        return p
-    lp = np.log(p)
-    return (lp - lp.mean()) / lp.std()
-
-
 class FactoredHead:
     """fastsparse.torch.FactoredOutput over a FactoredOutputLayer."""
 
@@ -234,8 +219,8 @@ class FactoredHead:
         self.loss = loss
         self.has_proba = loss.has_proba
         bias = True
-        if cfg["bias_init"] == "unigram":
-            bias = unigram_bias(name, counts, cfg["eps"] or 0.0).astype(np.float32)
+        if cfg["bias_init"] == "unigram":    # add-one smoothed target counts
+            bias = loss.prior_bias(counts + 1.0).astype(np.float32)
         elif cfg["bias_init"] != "zero":
             raise ValueError(f"bias_init must be zero or unigram, got {cfg['bias_init']!r}")
         stability = {k: (int(cfg[k]) if k == "check_every" else cfg[k])

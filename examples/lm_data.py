@@ -16,6 +16,7 @@ from collections import Counter
 import numpy as np
 
 from fastsparse.datasets import context_windows
+from fastsparse.losses import SphericalSoftmax, get_loss
 from fastsparse.utils import ProgressBar
 
 #: special tokens, at the first indices of the vocabulary
@@ -295,6 +296,13 @@ def unigram_probabilities(counts):
 def unigram_bias(counts, loss, eps, uniform=0.05):
     """An output bias that makes the initial model the unigram model.
 
+    The loss's :meth:`~fastsparse.losses.Loss.prior_bias` of the add-one
+    smoothed unigram probabilities ``p``: ``b = p`` for the squared error
+    (its minimiser), and for the spherical softmax ``b = c sqrt(p)`` with
+    ``c^2 = (1 - uniform) / uniform * D eps``, so that with ``W = 0`` the
+    model gives ``(1 - uniform) p + uniform / D``.  Either way every output
+    starts positive, away from the unstable point 0 of ``-log(a^2 + eps)``.
+
     Parameters
     ----------
     counts : ndarray
@@ -309,18 +317,9 @@ def unigram_bias(counts, loss, eps, uniform=0.05):
     Returns
     -------
     ndarray of float64
-        Squared error: ``b = p`` (the squared error is minimised by the
-        probabilities).  Spherical softmax: ``b = c sqrt(p)`` with
-        ``c^2 = (1 - uniform) / uniform * D eps``, so that with ``W = 0`` the
-        model gives ``(1 - uniform) p + uniform / D``.  Either way every
-        output starts positive, away from the unstable point 0 of
-        ``-log(a^2 + eps)``.
     """
-    p = unigram_probabilities(counts)
-    if loss == "squared":
-        return p
-    c2 = (1 - uniform) / uniform * len(counts) * eps
-    return np.sqrt(c2 * p)
+    fn = SphericalSoftmax(eps=eps) if loss == "spherical_softmax" else get_loss(loss)
+    return fn.prior_bias(unigram_probabilities(counts), uniform)
 
 
 def unigram_baselines(counts, Y, loss, eps):

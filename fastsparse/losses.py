@@ -92,8 +92,66 @@ class Loss:
         """Probabilities of outputs ``o`` (m, n) given q, s (m,)."""
         raise NotImplementedError
 
+    def prior_bias(self, p, uniform=0.05):
+        """An output bias that starts the layer at the distribution ``p``.
+
+        With W = 0 every output is the bias, whatever the input: this bias
+        makes that model ``p`` mixed with a little of the uniform
+        distribution, ``(1 - uniform) p + uniform / D``, for the losses that
+        define probabilities (spherical and Taylor softmax), and ``p``
+        itself for the squared error (its minimiser).  For the z-loss, which
+        only ranks the outputs, it orders them by ``p`` (the standardised
+        ``log p``).  Starting from the unigram distribution of the targets
+        is what a language model learns first; measured on text
+        (``bench/compare_quality.py``), it is the spherical softmax's
+        largest lever (README, "When to use fastsparse").
+
+        Parameters
+        ----------
+        p : array_like of shape (n_outputs,)
+            Nonnegative weights (e.g. target counts), normalised here.
+        uniform : float in (0, 1), default 0.05
+            Weight of the uniform distribution in the mixture (every output
+            keeps a nonzero probability).
+
+        Returns
+        -------
+        ndarray of float64, shape (n_outputs,)
+            Pass it as ``bias=`` to the layer's constructor or
+            ``from_weights``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from fastsparse.losses import SphericalSoftmax
+        >>> loss = SphericalSoftmax(eps=0.1)
+        >>> b = loss.prior_bias([6, 3, 1])
+        >>> q = (b * b).sum()
+        >>> np.round(loss.proba(b[None], np.array([q]), None, 3), 4)
+        array([[0.5867, 0.3017, 0.1117]])
+        """
+        p = _check_distribution(p)
+        uniform = check_real(uniform, "uniform", 0, 1, open_low=True, open_high=True)
+        return self._prior_bias(p, (1 - uniform) * p + uniform / p.size, uniform)
+
+    def _prior_bias(self, p, mixed, uniform):
+        raise NotImplementedError(f"{type(self).__name__} defines no prior bias")
+
     def __repr__(self):
         return f"{type(self).__name__}()"
+
+
+def _check_distribution(p):
+    """p as a float64 probability vector (nonnegative, finite, normalised)."""
+    arr = np.asarray(p)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"p must be an array of real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"p must be a non-empty 1-D array, got shape {arr.shape}")
+    if not np.isfinite(arr).all() or (arr < 0).any() or not arr.sum() > 0:
+        raise ValueError("p must be finite and nonnegative, with a positive sum")
+    return arr / arr.sum()
 
 
 class SquaredError(Loss):
@@ -110,6 +168,9 @@ class SquaredError(Loss):
 
     def values(self, a, q, s, y, n_outputs):         # ||o - y||^2
         return q - 2 * (y * a).sum(1) + (y * y).sum(1)
+
+    def _prior_bias(self, p, mixed, uniform):
+        return p                    # E[onehot(y)] = p minimises E||o - y||^2
 
 
 class SphericalSoftmax(Loss):
@@ -148,6 +209,11 @@ class SphericalSoftmax(Loss):
     def proba(self, o, q, s, n_outputs):
         return (o * o + self.eps) / (q + n_outputs * self.eps)[:, None]
 
+    def _prior_bias(self, p, mixed, uniform):
+        # b_j^2 = c^2 p_j with c^2 = (1 - u) / u * D eps: then
+        # (b_j^2 + eps) / (||b||^2 + D eps) = (1 - u) p_j + u / D
+        return np.sqrt((1 - uniform) / uniform * p.size * self.eps * p)
+
     def __repr__(self):
         return f"SphericalSoftmax(eps={self.eps!r})"
 
@@ -178,6 +244,12 @@ class TaylorSoftmax(Loss):
 
     def proba(self, o, q, s, n_outputs):
         return (1 + o + 0.5 * o * o) / (n_outputs + s + 0.5 * q)[:, None]
+
+    def _prior_bias(self, p, mixed, uniform):
+        # f(b_j) = C mixed_j with C = D / (2 u), so that every f >= 1/2
+        # (f's minimum, at o = -1): b_j = -1 + sqrt(2 f(b_j) - 1)
+        f = p.size / (2 * uniform) * mixed
+        return -1.0 + np.sqrt(np.maximum(2 * f - 1, 0.0))
 
 
 class ZLoss(Loss):
@@ -229,6 +301,13 @@ class ZLoss(Loss):
         z = (a - mu[:, None]) / sigma[:, None]
         x = self.alpha * (self.beta - z)
         return (y * xp.logaddexp(xp.zeros_like(x), x)).sum(1) / self.alpha
+
+    def _prior_bias(self, p, mixed, uniform):
+        # z-scores are invariant to shift and scale: the standardised log of
+        # the mixture orders the outputs by p (all equal: zeros)
+        lp = np.log(mixed)
+        sd = lp.std()
+        return (lp - lp.mean()) / sd if sd > 0 else np.zeros_like(lp)
 
     def __repr__(self):
         return f"ZLoss(alpha={self.alpha!r}, beta={self.beta!r})"

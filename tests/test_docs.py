@@ -39,7 +39,8 @@ def test_readme_has_code_blocks():
 
 
 @pytest.mark.parametrize("module", ["fastsparse._factored", "fastsparse._naive",
-                                    "fastsparse._base", "fastsparse.losses"])
+                                    "fastsparse._base", "fastsparse.losses",
+                                    "fastsparse.datasets"])
 def test_docstring_examples(module):
     mod = importlib.import_module(module)
     failures, tried = doctest.testmod(mod, optionflags=doctest.ELLIPSIS

@@ -4,7 +4,7 @@ interface (forward/backward, predict_proba, user callables)."""
 import numpy as np
 import pytest
 
-from fastsparse import FactoredOutputLayer, NaiveOutputLayer, _core
+from fastsparse import FactoredOutputLayer, NaiveOutputLayer, _core, losses
 from fastsparse.losses import (SphericalSoftmax, SquaredError, TaylorSoftmax,
                                ZLoss, get_loss)
 from _helpers import rel_err
@@ -409,3 +409,41 @@ def test_online_r_zero_after_state_dependent_dL_dq_is_applied_exactly():
     np.testing.assert_allclose(layer.weights(), naive.weights(), rtol=1e-9, atol=1e-12)
     assert layer.health()["n_near_singular_updates"] == 1
     assert layer.health()["min_abs_factor"] < 1e-6
+
+
+# ---- prior_bias: the layer with W = 0 starts at a given distribution ------
+@pytest.mark.parametrize("loss", [losses.SphericalSoftmax(eps=0.1),
+                                  losses.SphericalSoftmax(eps=1e-3),
+                                  losses.TaylorSoftmax()])
+@pytest.mark.parametrize("uniform", [0.05, 0.5])
+def test_prior_bias_gives_the_distribution(loss, uniform):
+    D = 40
+    counts = np.random.default_rng(3).integers(0, 50, D) ** 2
+    b = loss.prior_bias(counts, uniform=uniform)
+    assert b.shape == (D,) and b.dtype == np.float64
+    # the model of a layer with W = 0: every output is the bias
+    layer = FactoredOutputLayer.from_weights(np.zeros((D, 3)), loss=loss, bias=b)
+    o = layer.outputs(np.zeros((1, 3)))
+    q, s = np.array([(o * o).sum()]), np.array([o.sum()])
+    p = counts / counts.sum()
+    np.testing.assert_allclose(loss.proba(o, q, s, D)[0], (1 - uniform) * p + uniform / D,
+                               rtol=1e-10, atol=1e-15)
+
+
+def test_prior_bias_of_the_other_losses_and_refusals():
+    p = np.array([1.0, 3.0, 0.0, 6.0])
+    np.testing.assert_allclose(losses.SquaredError().prior_bias(p), p / 10)
+    z = losses.ZLoss().prior_bias(p)
+    assert list(np.argsort(z)) == [2, 0, 1, 3]
+    assert abs(z.mean()) < 1e-12 and abs(z.std() - 1) < 1e-12
+    assert not losses.ZLoss().prior_bias(np.ones(5)).any()
+    with pytest.raises(NotImplementedError):
+        losses.get_loss(lambda a, q, s, y: (q, 0 * a, 1 + 0 * q, 0 * q)).prior_bias(p)
+    for bad in ([], [[1.0, 2.0]], [1.0, -1.0], [0.0, 0.0], [1.0, np.nan]):
+        with pytest.raises(ValueError):
+            losses.SquaredError().prior_bias(bad)
+    with pytest.raises(TypeError):
+        losses.SquaredError().prior_bias(["a"])
+    for u in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="uniform"):
+            losses.SphericalSoftmax().prior_bias(p, uniform=u)
