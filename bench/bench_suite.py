@@ -27,8 +27,9 @@ How things are measured
   forward, loss, ``backward``, ``optimizer.step``) is timed.  Medians (and
   minima, in the JSON) over the timed calls, after untimed warm-up calls.
 * Factored online: calls of m examples, or of ``--online-examples`` (default
-  8) when m = 1, so that the fixed per-call cost (Python, validation; about
-  0.1 ms) is partly amortised; the table shows the examples per call.  For
+  8) when m = 1, so that the fixed per-call cost (validation, the lock;
+  about 12 us, ``bench/microbench.py``) is amortised; the table shows the
+  examples per call.  For
   m = 1 the minibatch step is the same update as the online one: its row
   shows one ``mode="batch"`` call of one example, per-call cost included.
 * Naive and torch: each example costs O(D d) (at D = 793 471 about 0.3 s
