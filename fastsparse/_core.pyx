@@ -251,9 +251,9 @@ cdef inline const int64_t* _iptr(const int64_t[::1] x) noexcept nogil:
 
 # ------------------------------------------------------------ raw arrays
 # The entry points below take arrays through ``_buf``: a type, dimension
-# and contiguity check and a pointer, not a buffer acquisition (a typed
-# memoryview costs about 0.3 us each; 16 of them cost more than the kernel
-# of a small step).
+# and contiguity check and a pointer, not a buffer acquisition (acquiring
+# the 16 typed memoryviews of a step cost more than the kernel of a small
+# step).
 
 cdef inline char* _buf(object a, int typenum, int nd, bint write) except? NULL:
     """The data of ``a``: an ndarray of this type and number of dimensions,

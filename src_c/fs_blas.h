@@ -11,8 +11,8 @@
  * them.  Calls with a single row go to the BLAS-2 routine (a one-row GEMM
  * costs a packing pass of its other operand).  Tiny products (at most
  * FS_SMALL multiply-adds: d <= 16) are computed by the loops below, in
- * double: a Fortran BLAS call costs more than such a product (about 0.1-0.3
- * us each, 20 per example at d = 8).  No validation here. */
+ * double: the Fortran BLAS interface (argument checks, dispatch) costs more
+ * than such a product.  No validation here. */
 #ifndef FS_BLAS_H
 #define FS_BLAS_H
 
