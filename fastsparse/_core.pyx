@@ -280,19 +280,23 @@ cdef inline char* _buf(object a, int typenum, int nd, bint write) except? NULL:
 # examines and reports.  None of them is a kernel.
 
 cdef bint _finite_s(const float* p, Py_ssize_t n) noexcept nogil:
-    cdef double acc = 0.0
     cdef Py_ssize_t i
+    cdef float v
+    cdef int bad = 0
     for i in range(n):
-        acc += p[i] * 0.0           # NaN for a NaN or an Inf, else 0
-    return acc == 0.0
+        v = p[i] - p[i]             # NaN for a NaN or an Inf, else 0
+        bad |= v != v               # (an OR, not a sum: it vectorises)
+    return bad == 0
 
 
 cdef bint _finite_d(const double* p, Py_ssize_t n) noexcept nogil:
-    cdef double acc = 0.0
     cdef Py_ssize_t i
+    cdef double v
+    cdef int bad = 0
     for i in range(n):
-        acc += p[i] * 0.0
-    return acc == 0.0
+        v = p[i] - p[i]
+        bad |= v != v
+    return bad == 0
 
 
 cdef inline bint _plain(object a, int nd) noexcept:
