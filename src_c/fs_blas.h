@@ -16,6 +16,8 @@
 #ifndef FS_BLAS_H
 #define FS_BLAS_H
 
+#include <stddef.h>
+
 #define FS_BLAS_TYPES(T, S)                                                   \
 typedef void fs_##S##gemm_t(const char *ta, const char *tb, const int *m,      \
     const int *n, const int *k, const T *alpha, const T *A, const int *lda,    \
@@ -85,15 +87,15 @@ static inline void fs_gemv_##S(int ta, int m, int n, T alpha, const T *A,     \
                                int lda, const T *x, int incx, T beta, T *y,   \
                                int incy)                                      \
 {                                                                             \
-    if ((long)m * n <= FS_SMALL) {                                            \
+    if ((ptrdiff_t)m * n <= FS_SMALL) {                                            \
         const int ny = ta ? n : m, nx = ta ? m : n;                           \
         for (int i = 0; i < ny; ++i) {                                        \
             double acc = 0.0;                                                 \
             for (int j = 0; j < nx; ++j)                                      \
-                acc += (double)(ta ? A[(long)j * lda + i]                     \
-                                   : A[(long)i * lda + j])                    \
-                       * x[(long)j * incx];                                   \
-            T *yi = y + (long)i * incy;                                       \
+                acc += (double)(ta ? A[(ptrdiff_t)j * lda + i]                     \
+                                   : A[(ptrdiff_t)i * lda + j])                    \
+                       * x[(ptrdiff_t)j * incx];                                   \
+            T *yi = y + (ptrdiff_t)i * incy;                                       \
             *yi = (T)(alpha * acc + (beta == (T)0 ? 0.0 : (double)beta * *yi)); \
         }                                                                     \
         return;                                                               \
@@ -108,11 +110,11 @@ static inline void fs_gemv_##S(int ta, int m, int n, T alpha, const T *A,     \
 static inline void fs_ger_##S(int m, int n, T alpha, const T *x, int incx,    \
                               const T *y, int incy, T *A, int lda)            \
 {                                                                             \
-    if ((long)m * n <= FS_SMALL) {                                            \
+    if ((ptrdiff_t)m * n <= FS_SMALL) {                                            \
         for (int i = 0; i < m; ++i) {                                         \
-            const double ax = (double)alpha * x[(long)i * incx];              \
+            const double ax = (double)alpha * x[(ptrdiff_t)i * incx];              \
             for (int j = 0; j < n; ++j)                                       \
-                A[(long)i * lda + j] += (T)(ax * y[(long)j * incy]);          \
+                A[(ptrdiff_t)i * lda + j] += (T)(ax * y[(ptrdiff_t)j * incy]);          \
         }                                                                     \
         return;                                                               \
     }                                                                         \
@@ -123,15 +125,15 @@ static inline void fs_gemm_##S(int ta, int tb, int m, int n, int k, T alpha,  \
                                const T *A, int lda, const T *B, int ldb,      \
                                T beta, T *C, int ldc)                         \
 {                                                                             \
-    if ((long)m * n * k <= FS_SMALL) {                                        \
+    if ((ptrdiff_t)m * n * k <= FS_SMALL) {                                        \
         for (int i = 0; i < m; ++i)                                           \
             for (int j = 0; j < n; ++j) {                                     \
                 double acc = 0.0;                                             \
                 for (int l = 0; l < k; ++l)                                   \
-                    acc += (double)(ta ? A[(long)l * lda + i]                 \
-                                       : A[(long)i * lda + l])                \
-                           * (tb ? B[(long)j * ldb + l] : B[(long)l * ldb + j]); \
-                T *c = C + (long)i * ldc + j;                                 \
+                    acc += (double)(ta ? A[(ptrdiff_t)l * lda + i]                 \
+                                       : A[(ptrdiff_t)i * lda + l])                \
+                           * (tb ? B[(ptrdiff_t)j * ldb + l] : B[(ptrdiff_t)l * ldb + j]); \
+                T *c = C + (ptrdiff_t)i * ldc + j;                                 \
                 *c = (T)(alpha * acc + (beta == (T)0 ? 0.0 : (double)beta * *c)); \
             }                                                                 \
         return;                                                               \
@@ -156,14 +158,14 @@ static inline void fs_symm_right_upper_##S(int m, int n, T alpha, const T *A, \
                                            int lda, const T *B, int ldb,      \
                                            T beta, T *C, int ldc)             \
 {                                                                             \
-    if ((long)m * n * n <= FS_SMALL) {                                        \
+    if ((ptrdiff_t)m * n * n <= FS_SMALL) {                                        \
         for (int i = 0; i < m; ++i)                                           \
             for (int j = 0; j < n; ++j) {                                     \
                 double acc = 0.0;                                             \
                 for (int l = 0; l < n; ++l)                                   \
-                    acc += (double)B[(long)i * ldb + l]                       \
-                           * (l <= j ? A[(long)l * lda + j] : A[(long)j * lda + l]); \
-                T *c = C + (long)i * ldc + j;                                 \
+                    acc += (double)B[(ptrdiff_t)i * ldb + l]                       \
+                           * (l <= j ? A[(ptrdiff_t)l * lda + j] : A[(ptrdiff_t)j * lda + l]); \
+                T *c = C + (ptrdiff_t)i * ldc + j;                                 \
                 *c = (T)(alpha * acc + (beta == (T)0 ? 0.0 : (double)beta * *c)); \
             }                                                                 \
         return;                                                               \
@@ -187,14 +189,14 @@ static inline void fs_syr2k_upper_trans_##S(int n, int k, T alpha,            \
                                             int ldb, T beta, T *C, int ldc)   \
 {                                                                             \
     const char uplo = 'L';                                                    \
-    if ((long)n * n * k <= 2 * FS_SMALL) {  /* (the upper half: n^2 k / 2) */ \
+    if ((ptrdiff_t)n * n * k <= 2 * FS_SMALL) {  /* (the upper half: n^2 k / 2) */ \
         for (int i = 0; i < n; ++i)                                           \
             for (int j = i; j < n; ++j) {                                     \
                 double acc = 0.0;                                             \
                 for (int l = 0; l < k; ++l)                                   \
-                    acc += (double)A[(long)l * lda + i] * B[(long)l * ldb + j] \
-                           + (double)B[(long)l * ldb + i] * A[(long)l * lda + j]; \
-                T *c = C + (long)i * ldc + j;                                 \
+                    acc += (double)A[(ptrdiff_t)l * lda + i] * B[(ptrdiff_t)l * ldb + j] \
+                           + (double)B[(ptrdiff_t)l * ldb + i] * A[(ptrdiff_t)l * lda + j]; \
+                T *c = C + (ptrdiff_t)i * ldc + j;                                 \
                 *c = (T)(alpha * acc + (beta == (T)0 ? 0.0 : (double)beta * *c)); \
             }                                                                 \
         return;                                                               \
