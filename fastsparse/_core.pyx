@@ -279,9 +279,14 @@ cdef inline char* _buf(object a, int typenum, int nd, bint write) except? NULL:
 # (False, None) for anything unusual, which the NumPy path there then
 # examines and reports.  None of them is a kernel.
 
-cdef bint _finite_s(const float* p, Py_ssize_t n) noexcept nogil:
+ctypedef fused index_t:
+    int32_t
+    int64_t
+
+
+cdef bint _finite(const floating* p, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
-    cdef float v
+    cdef floating v
     cdef int bad = 0
     for i in range(n):
         v = p[i] - p[i]             # NaN for a NaN or an Inf, else 0
@@ -289,13 +294,16 @@ cdef bint _finite_s(const float* p, Py_ssize_t n) noexcept nogil:
     return bad == 0
 
 
-cdef bint _finite_d(const double* p, Py_ssize_t n) noexcept nogil:
+cdef bint _copy_in_range(const index_t* s, int64_t* out, Py_ssize_t n,
+                         int64_t high) noexcept nogil:
+    """out[i] = s[i]; whether every entry is in [0, high)."""
     cdef Py_ssize_t i
-    cdef double v
+    cdef int64_t v
     cdef int bad = 0
     for i in range(n):
-        v = p[i] - p[i]
-        bad |= v != v
+        v = s[i]
+        bad |= (v < 0) | (v >= high)
+        out[i] = v
     return bad == 0
 
 
@@ -320,11 +328,11 @@ def finite2d(a, Py_ssize_t n_cols, int typenum):
     n = cnp.PyArray_SIZE(arr)
     if typenum == cnp.NPY_FLOAT:
         with nogil:
-            ok = _finite_s(<const float*>cnp.PyArray_DATA(arr), n)
+            ok = _finite(<const float*>cnp.PyArray_DATA(arr), n)
         return ok
     if typenum == cnp.NPY_DOUBLE:
         with nogil:
-            ok = _finite_d(<const double*>cnp.PyArray_DATA(arr), n)
+            ok = _finite(<const double*>cnp.PyArray_DATA(arr), n)
         return ok
     return False
 
@@ -334,37 +342,26 @@ def index_copy(a, int64_t n_outputs):
     of dimensions) of signed 64- or 32-bit integers, all in [0, n_outputs):
     1-D, of its size.  None otherwise."""
     cdef cnp.ndarray arr, out
-    cdef Py_ssize_t i, n
-    cdef int64_t v
+    cdef Py_ssize_t n
     cdef int64_t* o
-    cdef const int64_t* s64
-    cdef const int32_t* s32
-    cdef bint bad = False
+    cdef const void* src
+    cdef bint ok
     if not _plain(a, cnp.PyArray_NDIM(<cnp.ndarray>a) if cnp.PyArray_Check(a) else 1):
         return None
     arr = <cnp.ndarray>a
-    if not (cnp.PyArray_ISINTEGER(arr) and cnp.PyArray_ISSIGNED(arr)):
+    if not (cnp.PyArray_ISINTEGER(arr) and cnp.PyArray_ISSIGNED(arr)
+            and cnp.PyArray_ITEMSIZE(arr) in (4, 8)):
         return None
     n = cnp.PyArray_SIZE(arr)
     out = _np.empty(n, dtype=_np.int64)
     o = <int64_t*>cnp.PyArray_DATA(out)
-    if cnp.PyArray_ITEMSIZE(arr) == 8:
-        s64 = <const int64_t*>cnp.PyArray_DATA(arr)
-        with nogil:
-            for i in range(n):
-                v = s64[i]
-                bad |= (v < 0) | (v >= n_outputs)
-                o[i] = v
-    elif cnp.PyArray_ITEMSIZE(arr) == 4:
-        s32 = <const int32_t*>cnp.PyArray_DATA(arr)
-        with nogil:
-            for i in range(n):
-                v = s32[i]
-                bad |= (v < 0) | (v >= n_outputs)
-                o[i] = v
-    else:
-        return None
-    return None if bad else out
+    src = cnp.PyArray_DATA(arr)
+    with nogil:
+        if cnp.PyArray_ITEMSIZE(arr) == 8:
+            ok = _copy_in_range(<const int64_t*>src, o, n, n_outputs)
+        else:
+            ok = _copy_in_range(<const int32_t*>src, o, n, n_outputs)
+    return out if ok else None
 
 
 def rows_increasing(a, Py_ssize_t K):

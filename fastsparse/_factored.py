@@ -408,7 +408,9 @@ class FactoredOutputLayer(OutputLayerBase):
             values; ``cond``: their ratio; ``inverse_error``: estimate of
             ``||U Uinv x - x||`` on unit vectors; ``steps``: examples
             trained; ``steps_since_renormalization``; ``min_abs_factor``: the
-            smallest |r| met (see ``min_abs_r``); ``n_checks``,
+            smallest |r| met (see ``min_abs_r``; for a minibatch step whose
+            factors are all provably far from 0, a lower bound of its
+            smallest one); ``n_checks``,
             ``n_inverse_refreshes``, ``n_renormalizations``, ``n_rescales``,
             ``n_refactorizations``: counts of the automatic control's checks
             and corrective actions; ``n_near_singular_updates``: updates
