@@ -46,9 +46,11 @@ def per_call_overhead(repeats=2000, rounds=7):
     """Seconds per step of one example on a tiny layer (D = 1000, d = 8).
 
     Every call gets fresh data (unit-norm random h, Zipf targets, drawn
-    beforehand); lr = 0.01.  Times are per call over ``repeats`` calls in a
-    row, median and minimum over ``rounds`` rounds; the numerical-health
-    control's periodic checks fall inside them, as in training.
+    beforehand).  Times are per call over ``repeats`` calls in a row,
+    median and minimum over ``rounds`` rounds.  With lr = 0 a call is its
+    fixed cost (checks, lock, thread bookkeeping) and the forward kernel;
+    with lr = 0.01 the update and the numerical-health control's periodic
+    checks fall inside it too, as in training.
     """
     from fastsparse.datasets import ZipfTargets, random_hidden
 
@@ -60,17 +62,18 @@ def per_call_overhead(repeats=2000, rounds=7):
                                             np.ones((1, 1), np.float32))
                                            for i in range(repeats)]}
     rows = []
-    for mode in ("online", "batch"):
-        for name, ts in targets.items():
-            layer = fastsparse.FactoredOutputLayer(1000, 8, seed=0)
-            per = []
-            for _ in range(rounds):
-                t0 = time.perf_counter()
-                for h, t in zip(Hs, ts):
-                    layer.step(h, t, 0.01, mode=mode)
-                per.append((time.perf_counter() - t0) / repeats)
-            rows.append((f"one example per call, {mode}, {name}",
-                         float(np.median(per)), float(np.min(per))))
+    for lr in (0.0, 0.01):
+        for mode in ("online", "batch"):
+            for name, ts in targets.items():
+                layer = fastsparse.FactoredOutputLayer(1000, 8, seed=0)
+                per = []
+                for _ in range(rounds):
+                    t0 = time.perf_counter()
+                    for h, t in zip(Hs, ts):
+                        layer.step(h, t, lr, mode=mode)
+                    per.append((time.perf_counter() - t0) / repeats)
+                rows.append((f"lr {lr:g}, {mode}, {name}",
+                             float(np.median(per)), float(np.min(per))))
     return rows
 
 
@@ -82,7 +85,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     print(f"# fastsparse {fastsparse.__version__}, one BLAS thread")
     with threadpool_limits(1):
-        print("\n## Per-call overhead of the Python API (D = 1000, d = 8)\n")
+        print("\n## One example per call through the Python API (D = 1000, d = 8)\n")
         print(f"{'call':<52} {'median us':>10} {'min us':>10}")
         for name, med, mn in per_call_overhead(200 if args.quick else 2000,
                                                3 if args.quick else 7):
