@@ -28,7 +28,7 @@ How things are measured
   minima, in the JSON) over the timed calls, after untimed warm-up calls.
 * Factored online: calls of m examples, or of ``--online-examples`` (default
   8) when m = 1, so that the fixed per-call cost (validation, the lock;
-  about 12 us, ``bench/microbench.py``) is amortised; the table shows the
+  ``bench/microbench.py`` measures it) is amortised; the table shows the
   examples per call.  For
   m = 1 the minibatch step is the same update as the online one: its row
   shows one ``mode="batch"`` call of one example, per-call cost included.
