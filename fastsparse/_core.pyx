@@ -126,6 +126,8 @@ cdef extern from "fs_kernels.h" nogil:
                           const float*, const float*)
     int fs_lowrank_rows_d(double*, ptrdiff_t, int, int, const double*,
                           const double*, const double*)
+    int fs_all_finite_s(ptrdiff_t, const float*)
+    int fs_all_finite_d(ptrdiff_t, const double*)
     # the row-major wrappers of fs_blas.h (tested through the shims below)
     void fs_gemm_s(int, int, int, int, int, float, const float*, int,
                    const float*, int, float, float*, int)
@@ -284,16 +286,6 @@ ctypedef fused index_t:
     int64_t
 
 
-cdef bint _finite(const floating* p, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    cdef floating v
-    cdef int bad = 0
-    for i in range(n):
-        v = p[i] - p[i]             # NaN for a NaN or an Inf, else 0
-        bad |= v != v               # (an OR, not a sum: it vectorises)
-    return bad == 0
-
-
 cdef bint _copy_in_range(const index_t* s, int64_t* out, Py_ssize_t n,
                          int64_t high) noexcept nogil:
     """out[i] = s[i]; whether every entry is in [0, high)."""
@@ -326,13 +318,13 @@ def finite2d(a, Py_ssize_t n_cols, int typenum):
     if cnp.PyArray_TYPE(arr) != typenum or cnp.PyArray_DIM(arr, 1) != n_cols:
         return False
     n = cnp.PyArray_SIZE(arr)
-    if typenum == cnp.NPY_FLOAT:
+    if typenum == cnp.NPY_FLOAT:        # the kernels' own check
         with nogil:
-            ok = _finite(<const float*>cnp.PyArray_DATA(arr), n)
+            ok = fs_all_finite_s(n, <const float*>cnp.PyArray_DATA(arr))
         return ok
     if typenum == cnp.NPY_DOUBLE:
         with nogil:
-            ok = _finite(<const double*>cnp.PyArray_DATA(arr), n)
+            ok = fs_all_finite_d(n, <const double*>cnp.PyArray_DATA(arr))
         return ok
     return False
 
@@ -432,21 +424,27 @@ cdef fs_loss_spec _spec_of(int kind, Py_ssize_t D, params) except *:
     return spec
 
 
-cdef Py_ssize_t _targets(Arrays st, H, indptr, indices, values,
-                         const char** h, const int64_t** ip, const int64_t** ix,
-                         const char** val) except -1:
-    """The pointers of a call's hidden vectors and CSR targets; returns m."""
-    h[0] = _buf(H, st.typenum, 2, False)
-    ip[0] = <const int64_t*>_buf(indptr, cnp.NPY_INT64, 1, False)
-    ix[0] = <const int64_t*>_buf(indices, cnp.NPY_INT64, 1, False)
-    val[0] = _buf(values, st.typenum, 1, False)
-    cdef Py_ssize_t m = H.shape[0]
-    if H.shape[1] != st.d or indptr.shape[0] != m + 1 \
+ctypedef struct _inputs:
+    Py_ssize_t m
+    const char* H
+    const int64_t* indptr
+    const int64_t* indices
+    const char* values
+
+
+cdef int _inputs_of(Arrays st, H, indptr, indices, values, _inputs* x) except -1:
+    """The pointers of a call's hidden vectors and CSR targets, checked."""
+    x.H = _buf(H, st.typenum, 2, False)
+    x.indptr = <const int64_t*>_buf(indptr, cnp.NPY_INT64, 1, False)
+    x.indices = <const int64_t*>_buf(indices, cnp.NPY_INT64, 1, False)
+    x.values = _buf(values, st.typenum, 1, False)
+    x.m = H.shape[0]
+    if H.shape[1] != st.d or indptr.shape[0] != x.m + 1 \
             or values.shape[0] != indices.shape[0] \
-            or ip[0][0] != 0 or ip[0][m] != indices.shape[0]:
+            or x.indptr[0] != 0 or x.indptr[x.m] != indices.shape[0]:
         raise ValueError("fastsparse._core: inconsistent shapes of H, indptr, "
                          "indices and values")
-    return m
+    return 0
 
 
 def online_step(Arrays st, H, indptr, indices, values, int loss_kind,
@@ -454,11 +452,9 @@ def online_step(Arrays st, H, indptr, indices, values, int loss_kind,
     """Online mode over the rows of H (fs_online).  Returns the status;
     ``ctl`` reports how many examples were applied, the refused one, ..."""
     cdef fs_loss_spec spec = _spec_of(loss_kind, st.D, loss_params)
-    cdef const char* h
-    cdef const int64_t* ip
-    cdef const int64_t* ix
-    cdef const char* val
-    cdef Py_ssize_t m = _targets(st, H, indptr, indices, values, &h, &ip, &ix, &val)
+    cdef _inputs x
+    _inputs_of(st, H, indptr, indices, values, &x)
+    cdef Py_ssize_t m = x.m
     cdef char* lo = _buf(loss_out, st.typenum, 1, True)
     cdef char* go = _buf(grad_out, st.typenum, 2, True)
     cdef int status
@@ -472,14 +468,14 @@ def online_step(Arrays st, H, indptr, indices, values, int loss_kind,
         if st.typenum == cnp.NPY_FLOAT:
             status = fs_online_s(st.D, st.d, <float*>st.V, <float*>st.U,
                                  <float*>st.Uinv, <float*>st.M, <float*>st.omega,
-                                 <float*>st.sv, m, <const float*>h, ip, ix,
-                                 <const float*>val, &spec, block, c,
+                                 <float*>st.sv, m, <const float*>x.H, x.indptr,
+                                 x.indices, <const float*>x.values, &spec, block, c,
                                  <float*>lo, <float*>go)
         else:
             status = fs_online_d(st.D, st.d, <double*>st.V, <double*>st.U,
                                  <double*>st.Uinv, <double*>st.M, <double*>st.omega,
-                                 <double*>st.sv, m, <const double*>h, ip, ix,
-                                 <const double*>val, &spec, block, c,
+                                 <double*>st.sv, m, <const double*>x.H, x.indptr,
+                                 x.indices, <const double*>x.values, &spec, block, c,
                                  <double*>lo, <double*>go)
     return status
 
@@ -492,11 +488,9 @@ def batch_step(Arrays st, H, indptr, indices, values, int loss_kind, loss_params
     per example; ``values`` unused).  Returns the status; nothing changed
     unless 0."""
     cdef fs_loss_spec spec = _spec_of(loss_kind, st.D, loss_params)
-    cdef const char* h
-    cdef const int64_t* ip
-    cdef const int64_t* ix
-    cdef const char* val
-    cdef Py_ssize_t m = _targets(st, H, indptr, indices, values, &h, &ip, &ix, &val)
+    cdef _inputs x
+    _inputs_of(st, H, indptr, indices, values, &x)
+    cdef Py_ssize_t m = x.m
     cdef const char* ga = _buf(grad_a, st.typenum, 1, False)
     cdef const double* gq = <const double*>_buf(grad_q, cnp.NPY_DOUBLE, 1, False)
     cdef const double* gs = <const double*>_buf(grad_s, cnp.NPY_DOUBLE, 1, False)
@@ -520,14 +514,16 @@ def batch_step(Arrays st, H, indptr, indices, values, int loss_kind, loss_params
         if st.typenum == cnp.NPY_FLOAT:
             status = fs_batch_s(st.D, st.d, <float*>st.V, <float*>st.U,
                                 <float*>st.Uinv, <float*>st.M, <float*>st.omega,
-                                <float*>st.sv, <int>m, <const float*>h, ip, ix,
-                                <const float*>val, &spec, <const float*>ga, gq, gs,
+                                <float*>st.sv, <int>m, <const float*>x.H, x.indptr,
+                                x.indices, <const float*>x.values, &spec,
+                                <const float*>ga, gq, gs,
                                 c, <float*>lo if not given else NULL, <float*>go)
         else:
             status = fs_batch_d(st.D, st.d, <double*>st.V, <double*>st.U,
                                 <double*>st.Uinv, <double*>st.M, <double*>st.omega,
-                                <double*>st.sv, <int>m, <const double*>h, ip, ix,
-                                <const double*>val, &spec, <const double*>ga, gq, gs,
+                                <double*>st.sv, <int>m, <const double*>x.H, x.indptr,
+                                x.indices, <const double*>x.values, &spec,
+                                <const double*>ga, gq, gs,
                                 c, <double*>lo if not given else NULL, <double*>go)
     return status
 

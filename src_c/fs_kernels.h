@@ -78,7 +78,9 @@ int fs_forward_##S(ptrdiff_t D, int d, const T *V, const T *U, const T *M,    \
 /* V <- V (I + P^T diag(gamma) Q) for the n_rows rows of V (d columns): P    \
  * and Q are k x d row-major.  One pass over V, in chunks of rows (§4, §5). */\
 int fs_lowrank_rows_##S(T *V, ptrdiff_t n_rows, int d, int k, const T *P,     \
-                        const T *Q, const T *gamma);
+                        const T *Q, const T *gamma);                          \
+/* Whether x holds no NaN or Inf (the kernels' own check). */                \
+int fs_all_finite_##S(ptrdiff_t n, const T *x);
 
 FS_DECLARE_KERNELS(float, s)
 FS_DECLARE_KERNELS(double, d)

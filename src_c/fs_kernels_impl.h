@@ -67,6 +67,12 @@ static inline int F(fs_finite)(ptrdiff_t n, const T *x)
     return isfinite(a0) && isfinite(a1) && isfinite(a2) && isfinite(a3);
 }
 
+/* the same check for the Python layer's validation (one implementation) */
+int F(fs_all_finite)(ptrdiff_t n, const T *x)
+{
+    return F(fs_finite)(n, x);
+}
+
 /* ---------------------------------------------- the low-rank pass (§4) */
 #define FS_LOWRANK_CHUNK 128   /* rows per chunk: the chunk stays in cache */
 
