@@ -269,17 +269,24 @@ class Targets:
         return self.indices[sl], self.values[sl]
 
 
-_ARANGE = np.arange(4097, dtype=np.int64)
-_ARANGE.flags.writeable = False
-_ONES = {}
-for _dt in (np.float32, np.float64):
-    _ONES[np.dtype(_dt)] = np.ones(4096, dtype=_dt)
-    _ONES[np.dtype(_dt)].flags.writeable = False
+def _frozen(a):
+    a.flags.writeable = False
+    return a
+
+
+# shared read-only arrays, handed out as views (no allocation per call)
+_ARANGE = _frozen(np.arange(4097, dtype=np.int64))
+_ONES = {dt: _frozen(np.ones(4096, dtype=dt)) for dt in _FLOAT_DTYPES}
 
 
 def _arange(n):
     """0..n-1 as int64 (a read-only view for small n: no allocation)."""
     return _ARANGE[:n] if n <= _ARANGE.size else np.arange(n, dtype=np.int64)
+
+
+def _regular_indptr(m, K):
+    """The CSR row pointers of m rows of K entries each."""
+    return _arange(m + 1) if K == 1 else np.arange(0, m * K + 1, K, dtype=np.int64)
 
 
 def _ones(n, dtype):
@@ -313,8 +320,7 @@ def _fast_targets(targets, m, n_outputs, dtype):
     if flat is None or K == 0 or (K > 1 and not _core.rows_increasing(flat, K)):
         return None
     values = _ones(m * K, dtype) if val is None else val.reshape(-1).copy()
-    indptr = _arange(m + 1) if K == 1 else np.arange(0, m * K + 1, K, dtype=np.int64)
-    return Targets(indptr, flat, values)
+    return Targets(_regular_indptr(m, K), flat, values)
 
 
 def parse_targets(targets, m, n_outputs, dtype, names=("targets indices",
@@ -365,7 +371,7 @@ def parse_targets(targets, m, n_outputs, dtype, names=("targets indices",
                              f"for several targets per example")
         _check_indices(idx, n_outputs, "targets")
         # one target per example: already in canonical CSR form
-        return Targets(np.arange(m + 1, dtype=np.int64),
+        return Targets(_regular_indptr(m, 1),
                        idx.astype(np.int64), np.ones(m, dtype=dtype))
     raise TypeError("targets must be an int array of shape (m,), a tuple "
                     "(indices, values) or a scipy.sparse matrix, got "
@@ -381,7 +387,7 @@ def _canonical_from_matrix(idx, val, vname):
                        np.zeros(0, dtype=np.int64), np.zeros(0, dtype=val.dtype))
     if K == 1:
         indices, values = idx.ravel().copy(), val.ravel().copy()
-        indptr = np.arange(m + 1, dtype=np.int64)
+        indptr = _regular_indptr(m, 1)
     else:
         order = np.argsort(idx, axis=1, kind="stable")
         sidx = np.take_along_axis(idx, order, axis=1)
@@ -389,7 +395,7 @@ def _canonical_from_matrix(idx, val, vname):
         new = np.ones((m, K), dtype=bool)
         new[:, 1:] = sidx[:, 1:] != sidx[:, :-1]
         if new.all():
-            indptr = np.arange(0, m * K + 1, K, dtype=np.int64)
+            indptr = _regular_indptr(m, K)
             indices, values = sidx.ravel(), sval.ravel()
         else:
             starts = np.flatnonzero(new.ravel())
