@@ -128,6 +128,12 @@ cdef extern from "fs_kernels.h" nogil:
                           const double*, const double*)
     int fs_all_finite_s(ptrdiff_t, const float*)
     int fs_all_finite_d(ptrdiff_t, const double*)
+    int fs_estimate_s(int, const float*, const float*, int, int, double*,
+                      double*, double*, double*)
+    int fs_estimate_d(int, const double*, const double*, int, int, double*,
+                      double*, double*, double*)
+    double fs_sym_fnorm_s(int, const float*)
+    double fs_sym_fnorm_d(int, const double*)
     # the row-major wrappers of fs_blas.h (tested through the shims below)
     void fs_gemm_s(int, int, int, int, int, float, const float*, int,
                    const float*, int, float, float*, int)
@@ -410,6 +416,58 @@ cdef class Arrays:
         if omega.shape[0] == 0:
             self.omega = self.sv = NULL
         self.arrays = (V, U, Uinv, M, omega, sv)
+
+    # the health check's compiled pieces (fastsparse._health, §5)
+    def nonfinite(self):
+        """The name of the first of U, Uinv, M, omega, sv holding a NaN or
+        an Inf; None if they are all finite."""
+        cdef Py_ssize_t dd = <Py_ssize_t>self.d * self.d
+        cdef Py_ssize_t n = self.d if self.omega != NULL else 0
+        cdef char* ptrs[5]
+        cdef Py_ssize_t sizes[5]
+        cdef int i, ok
+        ptrs[:] = [self.U, self.Uinv, self.M, self.omega, self.sv]
+        sizes[:] = [dd, dd, dd, n, n]
+        for i in range(5):
+            if sizes[i] == 0:
+                continue
+            if self.typenum == cnp.NPY_FLOAT:
+                ok = fs_all_finite_s(sizes[i], <const float*>ptrs[i])
+            else:
+                ok = fs_all_finite_d(sizes[i], <const double*>ptrs[i])
+            if not ok:
+                return ("U", "Uinv", "M", "omega", "sv")[i]
+        return None
+
+    def m_norm(self):
+        """||M||_F (>= ||M||_2) from M's upper triangle."""
+        if self.typenum == cnp.NPY_FLOAT:
+            return fs_sym_fnorm_s(self.d, <const float*>self.M)
+        return fs_sym_fnorm_d(self.d, <const double*>self.M)
+
+    def estimate(self, int iterations, double[::1] x, double[:, ::1] X,
+                 double[::1] theta):
+        """A health check's estimates (src_c/fs_kernels.h, fs_estimate):
+        updates x (d) and X (d x kw) in place, theta (kw) out; returns
+        (sigma_max, inverse error), or None when it could not run (memory,
+        LAPACK), for the NumPy computation to take over."""
+        cdef int d = self.d, kw = <int>X.shape[1], status
+        cdef double est[2]
+        if (x.shape[0] != d or X.shape[0] != d or theta.shape[0] != kw
+                or kw < 1 or kw > d or iterations < 0):
+            raise ValueError("fastsparse._core.Arrays.estimate: inconsistent shapes")
+        with nogil:
+            if self.typenum == cnp.NPY_FLOAT:
+                status = fs_estimate_s(d, <const float*>self.U,
+                                       <const float*>self.Uinv, iterations,
+                                       kw, &x[0], &X[0, 0], &theta[0], est)
+            else:
+                status = fs_estimate_d(d, <const double*>self.U,
+                                       <const double*>self.Uinv, iterations,
+                                       kw, &x[0], &X[0, 0], &theta[0], est)
+        if status != 0:
+            return None
+        return est[0], est[1]
 
 
 cdef fs_loss_spec _spec_of(int kind, Py_ssize_t D, params) except *:

@@ -214,30 +214,27 @@ class StabilityControl:
     def _estimate(self, st, iterations, store):
         """sigma_max(U) by power iteration (warm), U's weak left singular
         directions and values by subspace iteration on Uinv^T Uinv (warm),
-        and the inverse error on those vectors; all in float64.  Returns
-        the estimates; ``store``: keep them and the warm vectors (a pure
-        read otherwise)."""
-        U = st.U.astype(np.float64)
-        Ui = st.Uinv.astype(np.float64)
-        d = U.shape[0]
+        and the inverse error on those vectors; all in float64, compiled
+        (``_core.Arrays.estimate``; :func:`estimate_numpy` is the same in
+        NumPy).  Returns the estimates; ``store``: keep them and the warm
+        vectors (a pure read otherwise)."""
+        d = st.U.shape[0]
         kw = min(d, self.max_lift + 2)
         x, X = self._x_max, self._X
         if x is None or X is None or X.shape != (d, kw):
             rng = np.random.default_rng(0)
             x = _unit(rng.standard_normal(d))
             X = np.linalg.qr(rng.standard_normal((d, kw)))[0]
-        for _ in range(iterations):
-            y = U.T @ x
-            x = _unit(U @ y)
-            X = np.linalg.qr(Ui.T @ (Ui @ X))[0]
-        smax = float(np.linalg.norm(U.T @ x))
-        Y = Ui @ X
-        theta, R = np.linalg.eigh(Y.T @ Y)           # ascending: 1 / sigma^2
-        X = X @ R[:, ::-1]                            # weakest first
-        theta = theta[::-1]
+        x = np.array(x, dtype=np.float64, order="C")
+        X = np.array(X, dtype=np.float64, order="C")
+        theta = np.empty(kw)
+        got = st.kernel.estimate(iterations, x, X, theta)
+        if got is None:     # out of memory or a LAPACK failure in C
+            smax, inv_err, theta, x, X = estimate_numpy(st.U, st.Uinv, x, X,
+                                                        iterations)
+        else:
+            smax, inv_err = got
         smin = 1.0 / np.sqrt(theta[0]) if theta[0] > 0 else 0.0
-        probe = U @ Y @ R[:, ::-1] - X
-        inv_err = float(np.sqrt((probe * probe).sum(0).max()))
         est = {"sigma_max": smax, "sigma_min": float(smin),
                "cond": smax / smin if smin > 0 else np.inf,
                "inverse_error": inv_err,
@@ -384,10 +381,30 @@ class StabilityControl:
         return out
 
 
+def estimate_numpy(U, Uinv, x, X, iterations):
+    """The estimates of a check in NumPy (the reference of the compiled
+    ``_core.Arrays.estimate``, which the tests compare with it): returns
+    (sigma_max, inverse error, theta, x, X) from the warm vector x and
+    basis X (d x kw), after ``iterations`` rounds; theta holds 1 / sigma^2
+    of U's weak directions (descending), X's columns those directions."""
+    U = U.astype(np.float64)
+    Ui = Uinv.astype(np.float64)
+    for _ in range(iterations):
+        y = U.T @ x
+        x = _unit(U @ y)
+        X = np.linalg.qr(Ui.T @ (Ui @ X))[0]
+    smax = float(np.linalg.norm(U.T @ x))
+    Y = Ui @ X
+    theta, R = np.linalg.eigh(Y.T @ Y)           # ascending: 1 / sigma^2
+    X = X @ R[:, ::-1]                            # weakest first
+    probe = U @ Y @ R[:, ::-1] - X
+    inv_err = float(np.sqrt((probe * probe).sum(0).max()))
+    return smax, inv_err, theta[::-1].copy(), x, X
+
+
 def _sym_norm(st):
     """||M||_F (>= ||M||_2)."""
-    full = st.full_M()
-    return float(np.sqrt((full * full).sum()))
+    return st.kernel.m_norm()
 
 
 def _inverse_norm2(st):

@@ -53,12 +53,11 @@ class FactoredState:
 
     def check_finite(self):
         """Raise FloatingPointError if the d x d state holds NaN or Inf."""
-        # a NaN or Inf anywhere makes the sum non-finite (no temporary array)
-        for name in ("U", "Uinv", "M", "omega", "sv"):
-            if not np.isfinite(getattr(self, name).sum(dtype=np.float64)):
-                raise FloatingPointError(
-                    f"the factored state holds non-finite values ({name}): the "
-                    "layer is broken; rebuild it from saved weights")
+        name = self.kernel.nonfinite()
+        if name is not None:
+            raise FloatingPointError(
+                f"the factored state holds non-finite values ({name}): the "
+                "layer is broken; rebuild it from saved weights")
 
 
 def gram(V):

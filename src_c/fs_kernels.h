@@ -80,7 +80,16 @@ int fs_forward_##S(ptrdiff_t D, int d, const T *V, const T *U, const T *M,    \
 int fs_lowrank_rows_##S(T *V, ptrdiff_t n_rows, int d, int k, const T *P,     \
                         const T *Q, const T *gamma);                          \
 /* Whether x holds no NaN or Inf (the kernels' own check). */                \
-int fs_all_finite_##S(ptrdiff_t n, const T *x);
+int fs_all_finite_##S(ptrdiff_t n, const T *x);                               \
+/* A health check's estimates (§5): sigma_max(U) by power iteration from x,  \
+ * U's weak directions by subspace iteration on Uinv^T Uinv from the kw      \
+ * columns of X (d x kw), their Ritz values theta (1 / sigma^2, descending)  \
+ * and the inverse's error on them; est = {sigma_max, error}.  In double.    \
+ * x and X are updated in place (warm starts).  0, or -1 (memory, LAPACK). */\
+int fs_estimate_##S(int d, const T *U, const T *Uinv, int iterations, int kw, \
+                    double *x, double *X, double *theta, double *est);        \
+/* ||M||_F of a symmetric M from its upper triangle. */                      \
+double fs_sym_fnorm_##S(int d, const T *M);
 
 FS_DECLARE_KERNELS(float, s)
 FS_DECLARE_KERNELS(double, d)

@@ -109,6 +109,121 @@ int F(fs_lowrank_rows)(T *V, ptrdiff_t n_rows, int d, int k, const T *P,
     return FS_OK;
 }
 
+/* ----------------------------------------- the health check's estimates (§5) */
+/* A check's estimates of the state, in double (fastsparse/_health.py holds
+ * the same computation in NumPy, the reference the tests compare with):
+ * `iterations` rounds of power iteration on U U^T from the warm vector x
+ * (d) and of subspace iteration on Uinv^T Uinv from the warm basis X
+ * (d x kw, row-major: its columns are the vectors), re-orthonormalised by
+ * QR; then the Ritz pairs of Uinv on X.  Out: x and X in place (X's
+ * columns the Ritz vectors, weakest direction of U first), theta (kw:
+ * 1 / sigma^2 of those directions, descending), est[0] = sigma_max(U)
+ * = ||U^T x||, est[1] = max_j ||U Uinv X_j - X_j|| (the inverse's error).
+ * Returns 0, or -1 (out of memory, LAPACK failure). */
+int F(fs_estimate)(int d, const T *U, const T *Uinv, int iterations, int kw,
+                   double *x, double *X, double *theta, double *est)
+{
+    const ptrdiff_t dd = (ptrdiff_t)d * d, kd = (ptrdiff_t)kw * d;
+    const int lwork = 66 * (d > kw ? d : kw) + 1;
+    int info = 0, status = -1;
+    double *U8 = malloc((size_t)(2 * dd + 4 * kd + 2 * (ptrdiff_t)kw * kw
+                                 + 2 * kw + d + lwork) * sizeof(double));
+    if (U8 == NULL || kw < 1 || kw > d)
+        goto done;
+    double *I8 = U8 + dd;       /* Uinv */
+    double *Xr = I8 + dd;       /* kw x d: the basis vectors as rows */
+    double *Yr = Xr + kd;       /* kw x d */
+    double *Zr = Yr + kd;       /* kw x d */
+    double *Pr = Zr + kd;       /* kw x d */
+    double *G = Pr + kd;        /* kw x kw */
+    double *E = G + (ptrdiff_t)kw * kw;   /* kw x kw */
+    double *w = E + (ptrdiff_t)kw * kw;   /* kw */
+    double *tau = w + kw;       /* kw */
+    double *y = tau + kw;       /* d */
+    double *wk = y + d;         /* lwork */
+    const char jv = 'V', up = 'U';
+    for (ptrdiff_t c = 0; c < dd; ++c) {
+        U8[c] = U[c];
+        I8[c] = Uinv[c];
+    }
+    for (int i = 0; i < d; ++i)
+        for (int j = 0; j < kw; ++j)
+            Xr[(ptrdiff_t)j * d + i] = X[(ptrdiff_t)i * kw + j];
+    for (int it = 0; it < iterations; ++it) {
+        double n2 = 0.0;
+        fs_gemv_d(1, d, d, 1.0, U8, d, x, 1, 0.0, y, 1);       /* U^T x */
+        fs_gemv_d(0, d, d, 1.0, U8, d, y, 1, 0.0, x, 1);       /* U y */
+        for (int c = 0; c < d; ++c)
+            n2 += x[c] * x[c];
+        n2 = sqrt(n2);
+        if (n2 > 0)
+            for (int c = 0; c < d; ++c)
+                x[c] /= n2;
+        /* rows of Uinv^T Uinv X, then their orthonormal basis (the rows of
+         * a row-major kw x d matrix are the columns of its column-major
+         * d x kw view, the form LAPACK takes) */
+        fs_gemm_d(0, 1, kw, d, d, 1.0, Xr, d, I8, d, 0.0, Yr, d);
+        fs_gemm_d(0, 0, kw, d, d, 1.0, Yr, d, I8, d, 0.0, Xr, d);
+        fs_blas.dgeqrf(&d, &kw, Xr, &d, tau, wk, &lwork, &info);
+        if (info != 0)
+            goto done;
+        fs_blas.dorgqr(&d, &kw, &kw, Xr, &d, tau, wk, &lwork, &info);
+        if (info != 0)
+            goto done;
+    }
+    fs_gemv_d(1, d, d, 1.0, U8, d, x, 1, 0.0, y, 1);
+    est[0] = 0.0;
+    for (int c = 0; c < d; ++c)
+        est[0] += y[c] * y[c];
+    est[0] = sqrt(est[0]);
+    /* Ritz pairs: eigenvectors of G = (Uinv X)^T (Uinv X), ascending */
+    fs_gemm_d(0, 1, kw, d, d, 1.0, Xr, d, I8, d, 0.0, Yr, d);
+    fs_gemm_d(0, 1, kw, kw, d, 1.0, Yr, d, Yr, d, 0.0, G, kw);
+    fs_blas.dsyev(&jv, &up, &kw, G, &kw, w, wk, &lwork, &info);
+    if (info != 0)
+        goto done;
+    /* in descending order: E's row j = eigenvector kw-1-j (a row of G's
+     * column-major result) */
+    for (int j = 0; j < kw; ++j) {
+        theta[j] = w[kw - 1 - j];
+        memcpy(E + (ptrdiff_t)j * kw, G + (ptrdiff_t)(kw - 1 - j) * kw,
+               (size_t)kw * sizeof(double));
+    }
+    fs_gemm_d(0, 0, kw, d, kw, 1.0, E, kw, Xr, d, 0.0, Zr, d);   /* X R */
+    fs_gemm_d(0, 0, kw, d, kw, 1.0, E, kw, Yr, d, 0.0, Pr, d);   /* Uinv X R */
+    fs_gemm_d(0, 1, kw, d, d, 1.0, Pr, d, U8, d, 0.0, Yr, d);    /* U Uinv X R */
+    est[1] = 0.0;
+    for (int j = 0; j < kw; ++j) {
+        double e2 = 0.0;
+        for (int c = 0; c < d; ++c) {
+            const double r = Yr[(ptrdiff_t)j * d + c] - Zr[(ptrdiff_t)j * d + c];
+            e2 += r * r;
+        }
+        if (e2 > est[1] || e2 != e2)
+            est[1] = e2;
+    }
+    est[1] = sqrt(est[1]);
+    for (int i = 0; i < d; ++i)
+        for (int j = 0; j < kw; ++j)
+            X[(ptrdiff_t)i * kw + j] = Zr[(ptrdiff_t)j * d + i];
+    status = 0;
+done:
+    free(U8);
+    return status;
+}
+
+/* ||M||_F of the symmetric M from its upper triangle (>= ||M||_2) */
+double F(fs_sym_fnorm)(int d, const T *M)
+{
+    double diag = 0.0, off = 0.0;
+    for (int i = 0; i < d; ++i) {
+        const T *r = M + (ptrdiff_t)i * d;
+        diag += (double)r[i] * r[i];
+        off += F(fs_dot)(d - i - 1, r + i + 1, r + i + 1);
+    }
+    return sqrt(diag + 2.0 * off);
+}
+
 /* M <- C^T M C for C = I + P^T diag(gamma) Q (P, Q k x d): the Gram matrix
  * of V C (§4).  Upper triangle.  work: 2 k d + k k of T. */
 static void F(fs_gram_transform)(int d, int k, T *M, const T *P, const T *Q,

@@ -71,6 +71,59 @@ def test_power_iteration_estimates_match_svd():
     np.testing.assert_allclose(h["sigma_min"], s[-1], rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d, kw, iterations", [(8, 8, 2), (24, 18, 0), (24, 18, 3),
+                                               (40, 5, 1)])
+def test_compiled_estimate_matches_numpy(dtype, d, kw, iterations):
+    """_core.Arrays.estimate (C) against the NumPy reference estimate_numpy,
+    on an ill-conditioned U and a slightly wrong inverse, from the same warm
+    vectors: the same sigma_max, inverse error, Ritz values and subspace."""
+    from fastsparse._health import estimate_numpy
+    rng = np.random.default_rng(d + kw + iterations)
+    Q1, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    Q2, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    U = ((Q1 * np.logspace(0, -3, d)) @ Q2.T).astype(dtype)
+    Uinv = (np.linalg.inv(U.astype(np.float64))
+            * (1 + 1e-4 * rng.standard_normal((d, d)))).astype(dtype)
+    layer = FactoredOutputLayer.from_weights(rng.standard_normal((30, d)), dtype=dtype)
+    layer._st.U[...] = U
+    layer._st.Uinv[...] = Uinv
+    x0 = rng.standard_normal(d)
+    x0 /= np.linalg.norm(x0)
+    X0 = np.linalg.qr(rng.standard_normal((d, kw)))[0]
+    x, X, theta = x0.copy(), np.array(X0, order="C"), np.empty(kw)
+    smax, err = layer._st.kernel.estimate(iterations, x, X, theta)
+    smax_r, err_r, theta_r, x_r, X_r = estimate_numpy(U, Uinv, x0, X0, iterations)
+    assert smax == pytest.approx(smax_r, rel=1e-12)
+    assert err == pytest.approx(err_r, rel=1e-8)
+    assert err > 1e-6                       # the inverse error is measured
+    np.testing.assert_allclose(theta, theta_r, rtol=1e-9)
+    assert np.all(np.diff(theta) <= 0)      # descending: weakest first
+    np.testing.assert_allclose(x, x_r, rtol=1e-10, atol=1e-12)
+    # the same vectors up to sign (eigenvector signs are LAPACK's choice)
+    np.testing.assert_allclose(np.abs(X.T @ X_r), np.eye(kw), atol=1e-8)
+    # the warm start is in place; wrong shapes are refused
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        layer._st.kernel.estimate(1, x, X[:, :kw - 1].copy(), theta)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("where", ["U", "Uinv", "M", "omega", "sv"])
+def test_nonfinite_names_the_array(dtype, where):
+    layer = FactoredOutputLayer.from_weights(
+        np.random.default_rng(2).standard_normal((20, 5)), dtype=dtype, bias=True,
+        track_sum=True)
+    st = layer._st
+    assert st.kernel.nonfinite() is None
+    np.testing.assert_allclose(st.kernel.m_norm(), np.linalg.norm(st.full_M()),
+                               rtol=1e-6)
+    arr = getattr(st, where)
+    arr.flat[arr.size - 1] = np.inf
+    assert st.kernel.nonfinite() == where
+    with pytest.raises(FloatingPointError, match=f"non-finite values \\({where}\\)"):
+        st.check_finite()
+
+
 def test_control_keeps_cond_bounded_and_reports():
     rng = np.random.default_rng(1)
     layer = FactoredOutputLayer.from_weights(rng.standard_normal((400, 8)),
