@@ -81,8 +81,6 @@ cdef extern from "fs_kernels.h" nogil:
         void* dsymv
         void* ssyr2k
         void* dsyr2k
-        void* ssyr2
-        void* dsyr2
         void* sgetrf
         void* dgetrf
         void* sgetrs
@@ -169,8 +167,6 @@ fs_blas.ssymv = <void*>cb.ssymv
 fs_blas.dsymv = <void*>cb.dsymv
 fs_blas.ssyr2k = <void*>cb.ssyr2k
 fs_blas.dsyr2k = <void*>cb.dsyr2k
-fs_blas.ssyr2 = <void*>cb.ssyr2
-fs_blas.dsyr2 = <void*>cb.dsyr2
 fs_blas.sgetrf = <void*>cl.sgetrf
 fs_blas.dgetrf = <void*>cl.dgetrf
 fs_blas.sgetrs = <void*>cl.sgetrs
