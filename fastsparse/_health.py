@@ -225,15 +225,17 @@ class StabilityControl:
             rng = np.random.default_rng(0)
             x = _unit(rng.standard_normal(d))
             X = np.linalg.qr(rng.standard_normal((d, kw)))[0]
-        x = np.array(x, dtype=np.float64, order="C")
-        X = np.array(X, dtype=np.float64, order="C")
+        # copies, updated in place (the warm vectors stay as they are
+        # until ``store``)
+        x1 = np.array(x, dtype=np.float64, order="C")
+        X1 = np.array(X, dtype=np.float64, order="C")
         theta = np.empty(kw)
-        got = st.kernel.estimate(iterations, x, X, theta)
+        got = st.kernel.estimate(iterations, x1, X1, theta)
         if got is None:     # out of memory or a LAPACK failure in C
             smax, inv_err, theta, x, X = estimate_numpy(st.U, st.Uinv, x, X,
                                                         iterations)
         else:
-            smax, inv_err = got
+            (smax, inv_err), x, X = got, x1, X1
         smin = 1.0 / np.sqrt(theta[0]) if theta[0] > 0 else 0.0
         est = {"sigma_max": smax, "sigma_min": float(smin),
                "cond": smax / smin if smin > 0 else np.inf,

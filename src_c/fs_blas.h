@@ -75,22 +75,23 @@ extern fs_blas_table fs_blas;
 /* the largest product (multiply-adds) computed by the loops, not BLAS */
 #define FS_SMALL 256
 
-/* Row-major wrappers, suffix _s / _d; trans arguments are 0 (no) or 1.
- * As in BLAS, C (or y) is not read when beta = 0. */
 /* Upper triangle of the row-major C (n x n) += alpha (a b^T + b a^T): a
  * loop, not BLAS syr2 (measured: OpenBLAS's ssyr2 took about twice as long
  * at n = 128, as long at n = 512).  A function of its own (not inlined),
  * with restrict and ptrdiff_t indices, so that the compiler vectorises it:
  * inlined into the kernels, or with int indices under Python's -fwrapv,
- * GCC 12 left it scalar. */
+ * GCC 12 left it scalar.  (`unused`: units that include this header
+ * without calling it.) */
 #if defined(__GNUC__)
-#define FS_NOINLINE __attribute__((noinline))
+#define FS_NOINLINE __attribute__((noinline, unused))
 #else
 #define FS_NOINLINE
 #endif
 #define FS_SYR2(T, S)                                                         \
-static FS_NOINLINE void fs_syr2_upper_##S(int n, T alpha, const T *restrict a,           \
-                              const T *restrict b, T *restrict C, int ldc)    \
+static FS_NOINLINE void fs_syr2_upper_##S(int n, T alpha,                     \
+                                          const T *restrict a,                \
+                                          const T *restrict b,                \
+                                          T *restrict C, int ldc)             \
 {                                                                             \
     for (ptrdiff_t i = 0; i < n; ++i) {                                       \
         const T ai = alpha * a[i], bi = alpha * b[i];                         \
@@ -104,6 +105,8 @@ FS_SYR2(double, d)
 #undef FS_SYR2
 #undef FS_NOINLINE
 
+/* Row-major wrappers, suffix _s / _d; trans arguments are 0 (no) or 1.
+ * As in BLAS, C (or y) is not read when beta = 0. */
 #define FS_BLAS_WRAPPERS(T, S)                                                \
 /* y = alpha op(A) x + beta y, A m x n */                                     \
 static inline void fs_gemv_##S(int ta, int m, int n, T alpha, const T *A,     \
@@ -224,7 +227,7 @@ static inline void fs_syr2k_upper_trans_##S(int n, int k, T alpha,            \
             }                                                                 \
         return;                                                               \
     }                                                                         \
-    if (k == 1 && beta == (T)1) {   /* rank two */                        \
+    if (k == 1 && beta == (T)1) {   /* rank two */                            \
         fs_syr2_upper_##S(n, alpha, A, B, C, ldc);                            \
         return;                                                               \
     }                                                                         \
