@@ -24,31 +24,37 @@ static inline double F(fs_dot)(ptrdiff_t n, const T *x, const T *y)
     return (a0 + a1) + (a2 + a3);
 }
 
-/* max |x[c]|; NaN if x holds a NaN */
+/* max |x[c]|; NaN if x holds a NaN.  On the bit patterns with the sign
+ * cleared: as unsigned integers they order like |x|, with every NaN above
+ * Inf; an integer maximum, unlike a floating-point one, the compiler
+ * vectorises without -ffast-math. */
 static inline double F(fs_amax)(ptrdiff_t n, const T *x)
 {
-    double m0 = 0.0, m1 = 0.0, m2 = 0.0, m3 = 0.0;
-    int nan = 0;
-    ptrdiff_t c = 0;
-    for (; c + 4 <= n; c += 4) {
-        const double b0 = fabs((double)x[c]), b1 = fabs((double)x[c + 1]),
-                     b2 = fabs((double)x[c + 2]), b3 = fabs((double)x[c + 3]);
-        nan |= (b0 != b0) | (b1 != b1) | (b2 != b2) | (b3 != b3);
-        m0 = b0 > m0 ? b0 : m0;
-        m1 = b1 > m1 ? b1 : m1;
-        m2 = b2 > m2 ? b2 : m2;
-        m3 = b3 > m3 ? b3 : m3;
+    if (sizeof(T) == sizeof(uint32_t)) {
+        uint32_t m = 0, b;
+        float r;
+        for (ptrdiff_t c = 0; c < n; ++c) {
+            memcpy(&b, x + c, sizeof b);
+            b &= 0x7fffffffu;
+            m = b > m ? b : m;
+        }
+        if (m > 0x7f800000u)
+            return NAN;
+        memcpy(&r, &m, sizeof r);
+        return r;
+    } else {
+        uint64_t m = 0, b;
+        double r;
+        for (ptrdiff_t c = 0; c < n; ++c) {
+            memcpy(&b, x + c, sizeof b);
+            b &= 0x7fffffffffffffffull;
+            m = b > m ? b : m;
+        }
+        if (m > 0x7ff0000000000000ull)
+            return NAN;
+        memcpy(&r, &m, sizeof r);
+        return r;
     }
-    for (; c < n; ++c) {
-        const double b = fabs((double)x[c]);
-        nan |= b != b;
-        m0 = b > m0 ? b : m0;
-    }
-    if (nan)
-        return NAN;
-    m0 = m1 > m0 ? m1 : m0;
-    m2 = m3 > m2 ? m3 : m2;
-    return m2 > m0 ? m2 : m0;
 }
 
 /* whether x holds no NaN/Inf (a NaN or Inf makes a sum non-finite) */
@@ -382,7 +388,10 @@ int F(fs_online)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
         double trM = 0.0;   /* trace of M_i = ||V||_F^2 */
         for (int c = 0; c < d; ++c)
             trM += M[(ptrdiff_t)c * d + c];
-        /* products with the block-start state */
+        /* products with the block-start state (the block's target rows,
+         * cache misses, load meanwhile) */
+        F(fs_prefetch_rows)(V, d, indices + indptr[i0],
+                            indptr[i0 + nb] - indptr[i0], d);
         F(fs_gemm)(0, 1, nb, d, d, 1, Hb, d, U, d, 0, b.Bu, d);
         F(fs_symm_right_upper)(nb, d, 1, M, d, b.Bu, d, 0, b.X, d);
         F(fs_gemm)(0, 0, nb, d, d, 1, Hb, d, Uinv, d, 0, b.Tw, d);
@@ -608,6 +617,8 @@ static void F(fs_forward_core)(ptrdiff_t D, int d, const T *V, const T *U,
                                const int64_t *indices, T *HU, T *HUM, T *a,
                                double *q, double *s, double *Ho, double *svu)
 {
+    /* the target rows are cache misses: their loads overlap the products */
+    F(fs_prefetch_rows)(V, d, indices, indptr[m], d);
     F(fs_gemm)(0, 1, m, d, d, 1, H, d, U, d, 0, HU, d);
     F(fs_symm_right_upper)(m, d, 1, M, d, HU, d, 0, HUM, d);
     for (int i = 0; i < m; ++i) {

@@ -15,6 +15,16 @@
 #endif
 
 #define FS_DEFINE(T, S)                                                       \
+void fs_prefetch_rows_##S(const T *V, ptrdiff_t ldv, const int64_t *idx,      \
+                          ptrdiff_t n, ptrdiff_t d)                           \
+{                                                                             \
+    const ptrdiff_t most = FS_PREFETCH_BYTES / (d * (ptrdiff_t)sizeof(T) + 1); \
+    if (n > most)                                                             \
+        n = most;                                                             \
+    for (ptrdiff_t k = 0; k < n; ++k)                                         \
+        FS_PREFETCH_ROW(V + (ptrdiff_t)idx[k] * ldv, d);                      \
+}                                                                             \
+                                                                              \
 void fs_gather_dots_##S(const T *V, ptrdiff_t ldv, const int64_t *idx,        \
                         ptrdiff_t n, const T *u, ptrdiff_t d, T *out)         \
 {                                                                             \

@@ -10,8 +10,16 @@
 #include <stdint.h>
 
 #define FS_MAX_RANK 64
+/* bytes of rows prefetched at most by fs_prefetch_rows (they stay in the
+ * L2 cache next to the d x d state) */
+#define FS_PREFETCH_BYTES 131072
 
 #define FS_DECLARE(T, S)                                                      \
+/* A hint to bring the rows V[idx[k]], k < n, into the cache (no effect on   \
+ * results): issued before other work, their memory latency overlaps it.    \
+ * Only the first FS_PREFETCH_BYTES of them. */                              \
+void fs_prefetch_rows_##S(const T *V, ptrdiff_t ldv, const int64_t *idx,      \
+                          ptrdiff_t n, ptrdiff_t d);                          \
 /* out[k] = V[idx[k]] . u  for k < n */                                       \
 void fs_gather_dots_##S(const T *V, ptrdiff_t ldv, const int64_t *idx,        \
                         ptrdiff_t n, const T *u, ptrdiff_t d, T *out);        \
