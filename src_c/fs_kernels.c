@@ -8,6 +8,18 @@
 
 fs_blas_table fs_blas;
 
+/* Workspaces carved from one allocation: FS_WS(n, type) is the room n
+ * elements take (rounded up to 8 bytes, so that every piece stays aligned
+ * for double), FS_CARVE takes them from *cur and advances it. */
+#define FS_WS(n, type) ((((size_t)(n) * sizeof(type)) + 7) & ~(size_t)7)
+#define FS_CARVE(cur, n, type) ((type *)fs_carve((cur), FS_WS(n, type)))
+static void *fs_carve(char **cur, size_t bytes)
+{
+    void *p = *cur;
+    *cur += bytes;
+    return p;
+}
+
 #define T float
 #define S s
 #include "fs_kernels_impl.h"

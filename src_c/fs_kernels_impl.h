@@ -905,22 +905,32 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
     ctl->min_factor = INFINITY;
     if (m <= 0)
         return FS_OK;
-    /* T workspace */
-    T *HU = malloc((size_t)ed * sizeof(T));             /* (m + k) x d */
-    T *HUM = malloc((size_t)md * sizeof(T));
-    T *R = malloc((size_t)md * sizeof(T));
-    T *Z = malloc((size_t)md * sizeof(T));
-    T *av = malloc((size_t)(2 * nnz + 1) * sizeof(T));
-    double *dw = malloc((size_t)(8 * m + 2 * pmax) * sizeof(double));
+    /* the workspace in two blocks, one before the spectrum of the update
+     * and one sized by it (many separate blocks made glibc give the memory
+     * back to the system at every call, and fault it in again: measured
+     * 18 % of a step at m = 128, d = 512 in a C program) */
+    char *blockA, *blockB = NULL, *cur;
+    const size_t sizeA = FS_WS(8 * m + 2 * pmax, double)
+        + (update ? FS_WS((ptrdiff_t)pmax * d, double)
+                    + FS_WS((ptrdiff_t)(m + pmax) * (m + pmax), T) : 0)
+        + FS_WS(ed, T) + 3 * FS_WS(md, T) + FS_WS(2 * nnz + 1, T);
     T *Hx = NULL, *HHe = NULL, *Pe = NULL, *Zt = NULL, *Pf = NULL,
-      *Hg = NULL, *YY = NULL, *kx = NULL;
+      *Hg = NULL, *YY = NULL, *kx = NULL, *T1 = NULL, *Rf = NULL;
     double *N = NULL, *Km = NULL, *Zd = NULL;
     int *ipiv = NULL;
-    if (HU == NULL || HUM == NULL || R == NULL || Z == NULL || av == NULL
-        || dw == NULL) {
-        status = FS_NOMEM;
-        goto out;
+    blockA = cur = malloc(sizeA);
+    if (blockA == NULL)
+        return FS_NOMEM;
+    double *dw = FS_CARVE(&cur, 8 * m + 2 * pmax, double);
+    if (update) {
+        N = FS_CARVE(&cur, (ptrdiff_t)pmax * d, double);
+        HHe = FS_CARVE(&cur, (ptrdiff_t)(m + pmax) * (m + pmax), T);
     }
+    T *HU = FS_CARVE(&cur, ed, T);                      /* (m + k) x d */
+    T *HUM = FS_CARVE(&cur, md, T);
+    T *R = FS_CARVE(&cur, md, T);
+    T *Z = FS_CARVE(&cur, md, T);
+    T *av = FS_CARVE(&cur, 2 * nnz + 1, T);
     T *a = av, *ga = av + nnz;
     double *q = dw, *s = q + m, *Ho = s + m, *svu = Ho + m, *gq = svu + m,
            *gs = gq + m, *ysum = gs + m, *dv = ysum + m, *E = dv + m + pmax;
@@ -986,12 +996,6 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
 
     /* ---- the update A = I - H^T diag(dv) H, dv = 2 lr gq, and its
      * near-singular directions (§4.2) */
-    HHe = malloc((size_t)(m + pmax) * (m + pmax) * sizeof(T));
-    N = malloc((size_t)pmax * d * sizeof(double));
-    if (HHe == NULL || N == NULL) {
-        status = FS_NOMEM;
-        goto out;
-    }
     for (int i = 0; i < m; ++i)
         dv[i] = 2.0 * lr * gq[i];
     F(fs_gemm)(0, 1, m, m, d, 1, H, d, H, d, 0, HHe, m);
@@ -1005,13 +1009,37 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
     }
     ctl->min_factor = min_abs;
     me = m + k;
-    Hx = (T *)H;
-    if (k > 0) {    /* Hext = [H; N], HU ext = [H U^T; N U^T], HHe */
-        Hx = malloc((size_t)me * d * sizeof(T));
-        if (Hx == NULL) {
+    {
+        const ptrdiff_t med = (ptrdiff_t)me * d;
+        const int f64 = sizeof(T) == sizeof(double);   /* the refinement */
+        const size_t sizeB = FS_WS((ptrdiff_t)me * me, double)
+            + FS_WS((ptrdiff_t)me * (d > k ? d : k), double)
+            + FS_WS(me, int) + (4 + (k > 0) + f64) * FS_WS(med, T)
+            + FS_WS(mm, T) + FS_WS(3 * (ptrdiff_t)k * d + (ptrdiff_t)k * k
+                                   + (ptrdiff_t)k * m + k + 1, T)
+            + (f64 ? FS_WS((ptrdiff_t)me * me, T) : 0);
+        blockB = cur = malloc(sizeB);
+        if (blockB == NULL) {
             status = FS_NOMEM;
             goto out;
         }
+        Km = FS_CARVE(&cur, (ptrdiff_t)me * me, double);
+        Zd = FS_CARVE(&cur, (ptrdiff_t)me * (d > k ? d : k), double);
+        ipiv = FS_CARVE(&cur, me, int);
+        Pe = FS_CARVE(&cur, med, T);
+        Zt = FS_CARVE(&cur, med, T);
+        Pf = FS_CARVE(&cur, med, T);
+        Hg = FS_CARVE(&cur, med, T);
+        Hx = k > 0 ? FS_CARVE(&cur, med, T) : (T *)H;
+        YY = FS_CARVE(&cur, mm, T);
+        kx = FS_CARVE(&cur, 3 * (ptrdiff_t)k * d + (ptrdiff_t)k * k
+                            + (ptrdiff_t)k * m + k + 1, T);
+        if (f64) {
+            T1 = FS_CARVE(&cur, (ptrdiff_t)me * me, T);
+            Rf = FS_CARVE(&cur, med, T);
+        }
+    }
+    if (k > 0) {    /* Hext = [H; N], HU ext = [H U^T; N U^T], HHe */
         memcpy(Hx, H, (size_t)md * sizeof(T));
         for (ptrdiff_t c = 0; c < (ptrdiff_t)k * d; ++c)
             Hx[md + c] = (T)N[c];
@@ -1022,20 +1050,6 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
     }
     /* Km = I - diag(dv) HHe, LU; this small system in double (its rounding
      * in T costs the target rows' updates several ulps, measured) */
-    Km = malloc((size_t)me * me * sizeof(double));
-    ipiv = malloc((size_t)me * sizeof(int));
-    Pe = malloc((size_t)me * d * sizeof(T));
-    Zt = malloc((size_t)me * d * sizeof(T));
-    Zd = malloc((size_t)me * (d > k ? d : k) * sizeof(double));
-    Pf = malloc((size_t)me * d * sizeof(T));
-    Hg = malloc((size_t)me * d * sizeof(T));
-    YY = malloc((size_t)mm * sizeof(T));
-    kx = malloc((size_t)(3 * k * d + k * k + k * m + k + 1) * sizeof(T));
-    if (Km == NULL || ipiv == NULL || Pe == NULL || Zt == NULL || Pf == NULL
-        || Hg == NULL || YY == NULL || kx == NULL || Zd == NULL) {
-        status = FS_NOMEM;
-        goto out;
-    }
     for (int i = 0; i < me; ++i) {
         for (int j = 0; j < me; ++j)
             Km[(ptrdiff_t)i * me + j] = -dv[i] * (double)HHe[(ptrdiff_t)i * me + j];
@@ -1067,14 +1081,6 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
          * follow (measured: a step's error on a row that many examples of a
          * minibatch share, 6 -> 2 ulps).  Rf <- Hext - Pf U',
          * U' = U - HU^T Hg; Pf += Rf Uinv', Uinv' = Uinv + Hext^T Zt^T. */
-        T *T1 = malloc((size_t)me * me * sizeof(T));
-        T *Rf = malloc((size_t)me * d * sizeof(T));
-        if (T1 == NULL || Rf == NULL) {
-            free(T1);
-            free(Rf);
-            status = FS_NOMEM;
-            goto out;
-        }
         F(fs_gemm)(0, 0, me, d, d, 1, Pf, d, U, d, 0, Rf, d);
         F(fs_gemm)(0, 1, me, me, d, 1, Pf, d, HU, d, 0, T1, me);
         F(fs_gemm)(0, 0, me, d, me, -1, T1, me, Hg, d, 1, Rf, d);
@@ -1083,8 +1089,6 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
         F(fs_gemm)(0, 0, me, d, d, 1, Rf, d, Uinv, d, 1, Pf, d);
         F(fs_gemm)(0, 1, me, me, d, 1, Rf, d, Hx, d, 0, T1, me);
         F(fs_gemm)(0, 1, me, d, me, 1, T1, me, Zt, me, 1, Pf, d);
-        free(T1);
-        free(Rf);
     }
     /* C = I + P1^T diag(gam) P2 with P1 = N U^T, P2 = N U'^{-1} (the last k
      * rows of Pf), gam = -E: V C U' = V U A exactly (§4.2) */
@@ -1252,11 +1256,8 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
     }
     ctl->done = m;
 out:
-    free(HU); free(HUM); free(R); free(Z); free(av); free(dw);
-    if (Hx != H)
-        free(Hx);
-    free(HHe); free(Km); free(Pe); free(Zt); free(Pf); free(Hg); free(YY);
-    free(kx); free(N); free(ipiv); free(Zd);
+    free(blockA);
+    free(blockB);
     return status;
 }
 
