@@ -22,12 +22,24 @@ static void *fs_carve(char **cur, size_t bytes)
 
 #define T float
 #define S s
+#define TU uint32_t
+#define TU_ABS 0x7fffffffu
+#define TU_INF 0x7f800000u
 #include "fs_kernels_impl.h"
 #undef T
 #undef S
+#undef TU
+#undef TU_ABS
+#undef TU_INF
 
 #define T double
 #define S d
+#define TU uint64_t
+#define TU_ABS 0x7fffffffffffffffull
+#define TU_INF 0x7ff0000000000000ull
 #include "fs_kernels_impl.h"
 #undef T
 #undef S
+#undef TU
+#undef TU_ABS
+#undef TU_INF

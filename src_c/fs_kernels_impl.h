@@ -1,5 +1,7 @@
 /* Template of the kernels declared in fs_kernels.h; included by
- * fs_kernels.c with T (the element type) and S (the suffix) defined.
+ * fs_kernels.c with T (the element type) and S (the suffix) defined, and
+ * TU, TU_ABS, TU_INF: the unsigned integer of T's size, the mask that
+ * clears its sign bit and the bit pattern of +Inf.
  * Section numbers (§) refer to docs/algorithm.md. */
 #define FS_CAT_(a, b) a##_##b
 #define FS_CAT(a, b) FS_CAT_(a, b)
@@ -30,31 +32,17 @@ static inline double F(fs_dot)(ptrdiff_t n, const T *x, const T *y)
  * vectorises without -ffast-math. */
 static inline double F(fs_amax)(ptrdiff_t n, const T *x)
 {
-    if (sizeof(T) == sizeof(uint32_t)) {
-        uint32_t m = 0, b;
-        float r;
-        for (ptrdiff_t c = 0; c < n; ++c) {
-            memcpy(&b, x + c, sizeof b);
-            b &= 0x7fffffffu;
-            m = b > m ? b : m;
-        }
-        if (m > 0x7f800000u)
-            return NAN;
-        memcpy(&r, &m, sizeof r);
-        return r;
-    } else {
-        uint64_t m = 0, b;
-        double r;
-        for (ptrdiff_t c = 0; c < n; ++c) {
-            memcpy(&b, x + c, sizeof b);
-            b &= 0x7fffffffffffffffull;
-            m = b > m ? b : m;
-        }
-        if (m > 0x7ff0000000000000ull)
-            return NAN;
-        memcpy(&r, &m, sizeof r);
-        return r;
+    TU m = 0, b;
+    T r;
+    for (ptrdiff_t c = 0; c < n; ++c) {
+        memcpy(&b, x + c, sizeof b);
+        b &= TU_ABS;
+        m = b > m ? b : m;
     }
+    if (m > TU_INF)
+        return NAN;
+    memcpy(&r, &m, sizeof r);
+    return r;
 }
 
 /* whether x holds no NaN/Inf (a NaN or Inf makes a sum non-finite) */
