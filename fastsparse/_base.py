@@ -28,7 +28,7 @@ from .losses import CallableLoss, get_loss
 from ._validation import (check_bias, check_dtype, check_hidden,
                           check_index_matrix, check_lr, check_real, check_rows,
                           check_size, check_step_args, check_vector,
-                          check_weight_decay, parse_targets)
+                          check_weight_decay, parse_targets, regular_indptr)
 
 
 _COMMON_PARAMS_DOC = """
@@ -453,8 +453,7 @@ class OutputLayerBase:
         H = check_hidden(H, self.n_hidden, self.dtype)
         idx = check_index_matrix(indices, H.shape[0], self.n_outputs)
         m, K = idx.shape
-        indptr = np.arange(0, m * K + 1, K, dtype=np.int64) if K else \
-            np.zeros(m + 1, dtype=np.int64)
+        indptr = regular_indptr(m, K)
         a, q, s = self._forward(H, indptr, idx.ravel())
         return (a.reshape(m, K), q.astype(self.dtype),
                 s.astype(self.dtype) if self.track_sum else None)

@@ -284,8 +284,10 @@ def _arange(n):
     return _ARANGE[:n] if n <= _ARANGE.size else np.arange(n, dtype=np.int64)
 
 
-def _regular_indptr(m, K):
-    """The CSR row pointers of m rows of K entries each."""
+def regular_indptr(m, K):
+    """The CSR row pointers of m rows of K entries each (K >= 0)."""
+    if K == 0:
+        return np.zeros(m + 1, dtype=np.int64)
     return _arange(m + 1) if K == 1 else np.arange(0, m * K + 1, K, dtype=np.int64)
 
 
@@ -320,7 +322,7 @@ def _fast_targets(targets, m, n_outputs, dtype):
     if flat is None or K == 0 or (K > 1 and not _core.rows_increasing(flat, K)):
         return None
     values = _ones(m * K, dtype) if val is None else val.reshape(-1).copy()
-    return Targets(_regular_indptr(m, K), flat, values)
+    return Targets(regular_indptr(m, K), flat, values)
 
 
 def parse_targets(targets, m, n_outputs, dtype, names=("targets indices",
@@ -371,7 +373,7 @@ def parse_targets(targets, m, n_outputs, dtype, names=("targets indices",
                              f"for several targets per example")
         _check_indices(idx, n_outputs, "targets")
         # one target per example: already in canonical CSR form
-        return Targets(_regular_indptr(m, 1),
+        return Targets(regular_indptr(m, 1),
                        idx.astype(np.int64), np.ones(m, dtype=dtype))
     raise TypeError("targets must be an int array of shape (m,), a tuple "
                     "(indices, values) or a scipy.sparse matrix, got "
@@ -383,11 +385,11 @@ def _canonical_from_matrix(idx, val, vname):
     duplicates summed (in the order they appear)."""
     m, K = idx.shape
     if K == 0:  # no target in any example
-        return Targets(np.zeros(m + 1, dtype=np.int64),
+        return Targets(regular_indptr(m, 0),
                        np.zeros(0, dtype=np.int64), np.zeros(0, dtype=val.dtype))
     if K == 1:
         indices, values = idx.ravel().copy(), val.ravel().copy()
-        indptr = _regular_indptr(m, 1)
+        indptr = regular_indptr(m, 1)
     else:
         order = np.argsort(idx, axis=1, kind="stable")
         sidx = np.take_along_axis(idx, order, axis=1)
@@ -395,7 +397,7 @@ def _canonical_from_matrix(idx, val, vname):
         new = np.ones((m, K), dtype=bool)
         new[:, 1:] = sidx[:, 1:] != sidx[:, :-1]
         if new.all():
-            indptr = _regular_indptr(m, K)
+            indptr = regular_indptr(m, K)
             indices, values = sidx.ravel(), sval.ravel()
         else:
             starts = np.flatnonzero(new.ravel())
