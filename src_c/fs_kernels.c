@@ -8,17 +8,31 @@
 
 fs_blas_table fs_blas;
 
-/* Workspaces carved from one allocation: FS_WS(n, type) is the room n
- * elements take (rounded up to 8 bytes, so that every piece stays aligned
- * for double), FS_CARVE takes them from *cur and advances it. */
-#define FS_WS(n, type) ((((size_t)(n) * sizeof(type)) + 7) & ~(size_t)7)
-#define FS_CARVE(cur, n, type) ((type *)fs_carve((cur), FS_WS(n, type)))
-static void *fs_carve(char **cur, size_t bytes)
+/* A workspace in one allocation, laid out by one list of FS_TAKE run
+ * twice: with no block yet it only adds up the sizes, then fs_ws_alloc
+ * allocates them and the same list hands out the pieces.  Every piece is
+ * rounded up to 8 bytes, so that each stays aligned for double. */
+typedef struct {
+    char *base;     /* NULL while sizing */
+    size_t used;    /* bytes taken so far */
+} fs_ws;
+
+static void *fs_ws_take(fs_ws *w, size_t bytes)
 {
-    void *p = *cur;
-    *cur += bytes;
+    void *p = w->base != NULL ? w->base + w->used : NULL;
+    w->used += (bytes + 7) & ~(size_t)7;
     return p;
 }
+
+/* allocate what the sizing pass added up; 0, or -1 (out of memory) */
+static int fs_ws_alloc(fs_ws *w)
+{
+    w->base = malloc(w->used > 0 ? w->used : 1);
+    w->used = 0;
+    return w->base != NULL ? 0 : -1;
+}
+
+#define FS_TAKE(w, n, type) ((type *)fs_ws_take((w), (size_t)(n) * sizeof(type)))
 
 #define T float
 #define S s

@@ -897,28 +897,26 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
      * and one sized by it (many separate blocks made glibc give the memory
      * back to the system at every call, and fault it in again: measured
      * 17 % of a step at m = 128, d = 512 in a C program) */
-    char *blockA, *blockB = NULL, *cur;
-    const size_t sizeA = FS_WS(8 * m + 2 * pmax, double)
-        + (update ? FS_WS((ptrdiff_t)pmax * d, double)
-                    + FS_WS((ptrdiff_t)(m + pmax) * (m + pmax), T) : 0)
-        + FS_WS(ed, T) + 3 * FS_WS(md, T) + FS_WS(2 * nnz + 1, T);
+    fs_ws wa = {NULL, 0}, wb = {NULL, 0};
     T *Hx = NULL, *HHe = NULL, *Pe = NULL, *Zt = NULL, *Pf = NULL,
-      *Hg = NULL, *YY = NULL, *kx = NULL, *T1 = NULL, *Rf = NULL;
-    double *N = NULL, *Km = NULL, *Zd = NULL;
+      *Hg = NULL, *YY = NULL, *kx = NULL, *T1 = NULL, *Rf = NULL,
+      *HU, *HUM, *R, *Z, *av;
+    double *N = NULL, *Km = NULL, *Zd = NULL, *dw;
     int *ipiv = NULL;
-    blockA = cur = malloc(sizeA);
-    if (blockA == NULL)
-        return FS_NOMEM;
-    double *dw = FS_CARVE(&cur, 8 * m + 2 * pmax, double);
-    if (update) {
-        N = FS_CARVE(&cur, (ptrdiff_t)pmax * d, double);
-        HHe = FS_CARVE(&cur, (ptrdiff_t)(m + pmax) * (m + pmax), T);
+    for (int pass = 0; pass < 2; ++pass) {  /* sizes, then the pieces */
+        if (pass == 1 && fs_ws_alloc(&wa) != 0)
+            return FS_NOMEM;
+        dw = FS_TAKE(&wa, 8 * m + 2 * pmax, double);
+        if (update) {
+            N = FS_TAKE(&wa, (ptrdiff_t)pmax * d, double);
+            HHe = FS_TAKE(&wa, (ptrdiff_t)(m + pmax) * (m + pmax), T);
+        }
+        HU = FS_TAKE(&wa, ed, T);                       /* (m + k) x d */
+        HUM = FS_TAKE(&wa, md, T);
+        R = FS_TAKE(&wa, md, T);
+        Z = FS_TAKE(&wa, md, T);
+        av = FS_TAKE(&wa, 2 * nnz + 1, T);
     }
-    T *HU = FS_CARVE(&cur, ed, T);                      /* (m + k) x d */
-    T *HUM = FS_CARVE(&cur, md, T);
-    T *R = FS_CARVE(&cur, md, T);
-    T *Z = FS_CARVE(&cur, md, T);
-    T *av = FS_CARVE(&cur, 2 * nnz + 1, T);
     T *a = av, *ga = av + nnz;
     double *q = dw, *s = q + m, *Ho = s + m, *svu = Ho + m, *gq = svu + m,
            *gs = gq + m, *ysum = gs + m, *dv = ysum + m, *E = dv + m + pmax;
@@ -997,34 +995,26 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
     }
     ctl->min_factor = min_abs;
     me = m + k;
-    {
+    for (int pass = 0; pass < 2; ++pass) {  /* sizes, then the pieces */
         const ptrdiff_t med = (ptrdiff_t)me * d;
-        const int f64 = sizeof(T) == sizeof(double);   /* the refinement */
-        const size_t sizeB = FS_WS((ptrdiff_t)me * me, double)
-            + FS_WS((ptrdiff_t)me * (d > k ? d : k), double)
-            + FS_WS(me, int) + (4 + (k > 0) + f64) * FS_WS(med, T)
-            + FS_WS(mm, T) + FS_WS(3 * (ptrdiff_t)k * d + (ptrdiff_t)k * k
-                                   + (ptrdiff_t)k * m + k + 1, T)
-            + (f64 ? FS_WS((ptrdiff_t)me * me, T) : 0);
-        blockB = cur = malloc(sizeB);
-        if (blockB == NULL) {
+        if (pass == 1 && fs_ws_alloc(&wb) != 0) {
             status = FS_NOMEM;
             goto out;
         }
-        Km = FS_CARVE(&cur, (ptrdiff_t)me * me, double);
-        Zd = FS_CARVE(&cur, (ptrdiff_t)me * (d > k ? d : k), double);
-        ipiv = FS_CARVE(&cur, me, int);
-        Pe = FS_CARVE(&cur, med, T);
-        Zt = FS_CARVE(&cur, med, T);
-        Pf = FS_CARVE(&cur, med, T);
-        Hg = FS_CARVE(&cur, med, T);
-        Hx = k > 0 ? FS_CARVE(&cur, med, T) : (T *)H;
-        YY = FS_CARVE(&cur, mm, T);
-        kx = FS_CARVE(&cur, 3 * (ptrdiff_t)k * d + (ptrdiff_t)k * k
-                            + (ptrdiff_t)k * m + k + 1, T);
-        if (f64) {
-            T1 = FS_CARVE(&cur, (ptrdiff_t)me * me, T);
-            Rf = FS_CARVE(&cur, med, T);
+        Km = FS_TAKE(&wb, (ptrdiff_t)me * me, double);
+        Zd = FS_TAKE(&wb, (ptrdiff_t)me * (d > k ? d : k), double);
+        ipiv = FS_TAKE(&wb, me, int);
+        Pe = FS_TAKE(&wb, med, T);
+        Zt = FS_TAKE(&wb, med, T);
+        Pf = FS_TAKE(&wb, med, T);
+        Hg = FS_TAKE(&wb, med, T);
+        Hx = k > 0 ? FS_TAKE(&wb, med, T) : (T *)H;
+        YY = FS_TAKE(&wb, mm, T);
+        kx = FS_TAKE(&wb, 3 * (ptrdiff_t)k * d + (ptrdiff_t)k * k
+                          + (ptrdiff_t)k * m + k + 1, T);
+        if (sizeof(T) == sizeof(double)) {     /* the refinement below */
+            T1 = FS_TAKE(&wb, (ptrdiff_t)me * me, T);
+            Rf = FS_TAKE(&wb, med, T);
         }
     }
     if (k > 0) {    /* Hext = [H; N], HU ext = [H U^T; N U^T], HHe */
@@ -1244,8 +1234,8 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
     }
     ctl->done = m;
 out:
-    free(blockA);
-    free(blockB);
+    free(wa.base);
+    free(wb.base);
     return status;
 }
 
