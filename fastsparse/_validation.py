@@ -235,6 +235,19 @@ def check_vector(x, m, name):
     return arr
 
 
+def check_distribution(p):
+    """p as a float64 probability vector (nonnegative, finite, normalised)."""
+    arr = np.asarray(p)
+    if arr.dtype.kind not in "iuf":
+        raise TypeError(f"p must be an array of real numbers, got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"p must be a non-empty 1-D array, got shape {arr.shape}")
+    if not np.isfinite(arr).all() or (arr < 0).any() or not arr.sum() > 0:
+        raise ValueError("p must be finite and nonnegative, with a positive sum")
+    return arr / arr.sum()
+
+
 class Targets:
     """Sparse targets in CSR form, as the kernels take them.
 

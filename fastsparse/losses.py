@@ -21,7 +21,7 @@ Per example, with target values ``y_k`` at indices ``j_k`` and
 import numpy as np
 
 from ._core import fs_loss_kind as _kind
-from ._validation import check_real
+from ._validation import check_distribution, check_real
 
 __all__ = ["Loss", "SquaredError", "SphericalSoftmax", "TaylorSoftmax",
            "ZLoss", "CallableLoss", "get_loss"]
@@ -130,7 +130,7 @@ class Loss:
         >>> np.round(loss.proba(b[None], np.array([q]), None, 3), 4)
         array([[0.5867, 0.3017, 0.1117]])
         """
-        p = _check_distribution(p)
+        p = check_distribution(p)
         uniform = check_real(uniform, "uniform", 0, 1, open_low=True, open_high=True)
         return self._prior_bias(p, (1 - uniform) * p + uniform / p.size, uniform)
 
@@ -139,19 +139,6 @@ class Loss:
 
     def __repr__(self):
         return f"{type(self).__name__}()"
-
-
-def _check_distribution(p):
-    """p as a float64 probability vector (nonnegative, finite, normalised)."""
-    arr = np.asarray(p)
-    if arr.dtype.kind not in "iuf":
-        raise TypeError(f"p must be an array of real numbers, got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"p must be a non-empty 1-D array, got shape {arr.shape}")
-    if not np.isfinite(arr).all() or (arr < 0).any() or not arr.sum() > 0:
-        raise ValueError("p must be finite and nonnegative, with a positive sum")
-    return arr / arr.sum()
 
 
 class SquaredError(Loss):
