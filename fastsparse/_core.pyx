@@ -88,7 +88,9 @@ cdef extern from "fs_kernels.h" nogil:
         void* dsyev
         void* dgeqrf
         void* dorgqr
+        int avx2
     fs_blas_table fs_blas
+    int fs_blas_detect()
     enum: FS_ONLINE_DEFAULT_BLOCK
     ctypedef struct fs_control:
         double lr, wd, split, cond_limit, scale_limit, norm_limit
@@ -174,6 +176,45 @@ fs_blas.dgetrs = <void*>cl.dgetrs
 fs_blas.dsyev = <void*>cl.dsyev
 fs_blas.dgeqrf = <void*>cl.dgeqrf
 fs_blas.dorgqr = <void*>cl.dorgqr
+fs_blas_detect()
+
+
+def _own_avx2(flag=None):
+    """Whether the kernels use the AVX2 + FMA loops of src_c/fs_blas.h
+    (on by default when the CPU has them).  With ``flag``: switch them off
+    (False) or back on (True, only where the CPU has them), for the tests
+    that compare both paths; returns the previous setting.  Not thread-safe:
+    no kernel may run meanwhile."""
+    cdef int old = fs_blas.avx2
+    if flag is not None:
+        fs_blas.avx2 = fs_blas_detect() if flag else 0
+    return bool(old)
+
+# ------------------------------------------------------- call bookkeeping
+# Layer calls in progress and calls finished, for fastsparse._threads.
+# Each function runs under the GIL without calling back into Python, so
+# each update is atomic with respect to other Python threads (no lock).
+cdef Py_ssize_t _calls_active = 0, _calls_done = 0
+
+
+def calls_enter():
+    """Count a layer call in; returns the number of calls now in progress."""
+    global _calls_active
+    _calls_active += 1
+    return _calls_active
+
+
+def calls_exit():
+    """Count a layer call out."""
+    global _calls_active, _calls_done
+    _calls_active -= 1
+    _calls_done += 1
+
+
+def calls_state():
+    """(calls in progress, calls finished so far)."""
+    return _calls_active, _calls_done
+
 
 #: Examples per block of the online kernel (src_c/fs_kernels.h).
 ONLINE_BLOCK = FS_ONLINE_DEFAULT_BLOCK
@@ -203,6 +244,15 @@ cdef class Control:
     def set_rates(self, double lr, double wd):
         self.c.lr = lr
         self.c.wd = wd
+
+    def configure(self, double lr, double wd, double split, double cond_limit,
+                  double scale_limit):
+        """Set the rates and limits of a call at once."""
+        self.c.lr = lr
+        self.c.wd = wd
+        self.c.split = split
+        self.c.cond_limit = cond_limit
+        self.c.scale_limit = scale_limit
 
     def due(self):
         """Whether the bounds ask for a check: the condition bound above
@@ -331,12 +381,24 @@ def finite2d(a, Py_ssize_t n_cols, int typenum):
     return False
 
 
+def empty_outputs(Py_ssize_t m, Py_ssize_t n_cols, int typenum):
+    """(loss, grad): new C-contiguous arrays of shapes (m,) and
+    (m, n_cols) of type ``typenum`` (what np.empty gives, without its
+    argument parsing: a step allocates them at every call)."""
+    cdef cnp.npy_intp dims[2]
+    dims[0] = m
+    dims[1] = n_cols
+    return (cnp.PyArray_EMPTY(1, dims, typenum, 0),
+            cnp.PyArray_EMPTY(2, dims, typenum, 0))
+
+
 def index_copy(a, int64_t n_outputs):
     """An int64 copy of ``a`` when it is a C-contiguous ndarray (any number
     of dimensions) of signed 64- or 32-bit integers, all in [0, n_outputs):
     1-D, of its size.  None otherwise."""
     cdef cnp.ndarray arr, out
     cdef Py_ssize_t n
+    cdef cnp.npy_intp size
     cdef int64_t* o
     cdef const void* src
     cdef bint ok
@@ -347,7 +409,8 @@ def index_copy(a, int64_t n_outputs):
             and cnp.PyArray_ITEMSIZE(arr) in (4, 8)):
         return None
     n = cnp.PyArray_SIZE(arr)
-    out = _np.empty(n, dtype=_np.int64)
+    size = n
+    out = cnp.PyArray_EMPTY(1, &size, cnp.NPY_INT64, 0)
     o = <int64_t*>cnp.PyArray_DATA(out)
     src = cnp.PyArray_DATA(arr)
     with nogil:

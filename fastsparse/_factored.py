@@ -259,7 +259,7 @@ class FactoredOutputLayer(OutputLayerBase):
     def _step(self, H, tg, lr, mode, wd):
         m = H.shape[0]
         Ha = self._augment(H)
-        grad = np.empty(Ha.shape, dtype=self.dtype)
+        loss, grad = _core.empty_outputs(m, Ha.shape[1], self.dtype.num)
         if self.loss.kind is None:           # a callable: minibatch only
             a, q, s = self._forward(H, tg.indptr, tg.indices)
             K = tg.indices.shape[0] // m
@@ -268,7 +268,6 @@ class FactoredOutputLayer(OutputLayerBase):
             self._batch(Ha, tg, lr, wd, None, grad,
                         (ga.ravel().astype(self.dtype), gq, gs))
             return L.astype(self.dtype), self._strip(grad)
-        loss = np.empty(m, dtype=self.dtype)
         if mode == "batch" and m > 1:
             self._batch(Ha, tg, lr, wd, loss, grad)
             return loss, self._strip(grad)

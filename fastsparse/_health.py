@@ -140,11 +140,11 @@ class StabilityControl:
     def control(self, lr, wd):
         """The kernels' control record for a call with these rates."""
         ctl = self.ctl
-        ctl.set_rates(lr, wd)
-        ctl.split = self.min_abs_r
-        on = self.enabled and lr > 0
-        ctl.cond_limit = self.max_cond if on else 0.0
-        ctl.scale_limit = 2.0 ** self.scale_exp if on else 0.0
+        if self.enabled and lr > 0:
+            ctl.configure(lr, wd, self.min_abs_r, self.max_cond,
+                          2.0 ** self.scale_exp)
+        else:
+            ctl.configure(lr, wd, self.min_abs_r, 0.0, 0.0)
         return ctl
 
     # ------------------------------------------------------------ schedule

@@ -30,14 +30,18 @@ import threading
 import time
 import warnings
 
+from ._core import calls_enter, calls_exit, calls_state
+
 #: seconds without any layer call after which BLAS limits are restored
 IDLE_RESTORE = 0.05
 
+# The calls in progress and finished are counted in fastsparse._core (each
+# count atomic under the GIL: a call's bookkeeping takes no lock).  This
+# lock guards the BLAS limits: taking them, and giving them back.
 _state_lock = threading.Lock()
-_active = 0
 _controller = None
 _restore = None          # the threadpoolctl limiter while BLAS is limited
-_last_exit = 0.0
+_restoring = False       # the restorer is deciding (see _restorer)
 _last_query = -1e9       # when the BLAS threads were last asked for
 _warned = False
 
@@ -60,25 +64,35 @@ def _blas_controller():
 
 
 def _restorer():
-    """Restore the BLAS limits once layer calls have stopped for a while."""
-    global _restore
+    """Restore the BLAS limits once no layer call has run for a whole
+    IDLE_RESTORE period (between one and two periods after the last)."""
+    global _restore, _restoring
+    seen = -1
     while True:
         time.sleep(IDLE_RESTORE)
         with _state_lock:
             if _restore is None:
                 return
-            if _active == 0 and time.monotonic() - _last_exit >= IDLE_RESTORE:
-                _restore.restore_original_limits()
-                _restore = None
-                return
+            # _restoring before the counts are read: a call counted in after
+            # this read sees it set and waits for this lock (_enter), so no
+            # call runs on the restored limits
+            _restoring = True
+            try:
+                active, done = calls_state()
+                if active == 0 and done == seen:
+                    _restore.restore_original_limits()
+                    _restore = None
+                    return
+                seen = done
+            finally:
+                _restoring = False
 
 
-def _enter():
-    global _active, _restore, _warned, _last_query
+def _limit_blas():
+    """Limit BLAS to one thread if it is not (asking the libraries for their
+    threads costs microseconds: at most once per IDLE_RESTORE)."""
+    global _restore, _last_query
     with _state_lock:
-        _active += 1
-        # asking the BLAS libraries for their threads costs microseconds:
-        # at most once per IDLE_RESTORE while they run single-threaded
         now = time.monotonic()
         if _restore is None and now - _last_query >= IDLE_RESTORE:
             _last_query = now
@@ -87,20 +101,24 @@ def _enter():
                 _restore = ctl.limit(limits=1)
                 threading.Thread(target=_restorer, daemon=True,
                                  name="fastsparse-blas-restore").start()
-        # (sched_getaffinity is a system call: only with concurrent calls)
-        if _active > 1 and not _warned and _active > _n_cores():
-            _warned = True
-            warnings.warn(
-                f"fastsparse: {_active} layer calls run at once on "
-                f"{_n_cores()} cores; they time-share the cores. Use at most "
-                "one training thread per core.", RuntimeWarning, stacklevel=4)
 
 
-def _exit():
-    global _active, _last_exit
-    with _state_lock:
-        _active -= 1
-        _last_exit = time.monotonic()
+def _enter():
+    global _warned
+    active = calls_enter()
+    if _restoring or (_restore is None
+                      and time.monotonic() - _last_query >= IDLE_RESTORE):
+        _limit_blas()
+    # (sched_getaffinity is a system call: only with concurrent calls)
+    if active > 1 and not _warned and active > _n_cores():
+        _warned = True
+        warnings.warn(
+            f"fastsparse: {active} layer calls run at once on "
+            f"{_n_cores()} cores; they time-share the cores. Use at most "
+            "one training thread per core.", RuntimeWarning, stacklevel=4)
+
+
+_exit = calls_exit
 
 
 def single_thread():

@@ -292,8 +292,17 @@ _ARANGE = _frozen(np.arange(4097, dtype=np.int64))
 _ONES = {dt: _frozen(np.ones(4096, dtype=dt)) for dt in _FLOAT_DTYPES}
 
 
+# ... and, for the sizes of one-example and small calls, the views
+# themselves (a view is an allocation too)
+_N_VIEWS = 66
+_ARANGE_VIEWS = [_ARANGE[:n] for n in range(_N_VIEWS)]
+_ONES_VIEWS = {dt: [a[:n] for n in range(_N_VIEWS)] for dt, a in _ONES.items()}
+
+
 def _arange(n):
     """0..n-1 as int64 (a read-only view for small n: no allocation)."""
+    if n < _N_VIEWS:
+        return _ARANGE_VIEWS[n]
     return _ARANGE[:n] if n <= _ARANGE.size else np.arange(n, dtype=np.int64)
 
 
@@ -306,6 +315,10 @@ def regular_indptr(m, K):
 
 def _ones(n, dtype):
     """n ones of ``dtype`` (a read-only view for small n)."""
+    if n < _N_VIEWS:
+        views = _ONES_VIEWS.get(dtype)
+        if views is not None:
+            return views[n]
     ones = _ONES.get(dtype)
     return ones[:n] if ones is not None and n <= ones.size else np.ones(n, dtype=dtype)
 

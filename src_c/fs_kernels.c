@@ -8,6 +8,17 @@
 
 fs_blas_table fs_blas;
 
+int fs_blas_detect(void)
+{
+#if FS_HAVE_AVX2
+    __builtin_cpu_init();
+    fs_blas.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    fs_blas.avx2 = 0;
+#endif
+    return fs_blas.avx2;
+}
+
 /* A workspace in one allocation, laid out by one list of FS_TAKE run
  * twice: with no block yet it only adds up the sizes, then fs_ws_alloc
  * allocates them and the same list hands out the pieces.  Every piece is

@@ -91,6 +91,10 @@ int fs_estimate_##S(int d, const T *U, const T *Uinv, int iterations, int kw, \
 /* ||M||_F of a symmetric M from its upper triangle. */                      \
 double fs_sym_fnorm_##S(int d, const T *M);
 
+/* Whether this CPU runs the AVX2 + FMA loops of fs_blas.h: sets and
+ * returns fs_blas.avx2 (the host calls it once, with the table). */
+int fs_blas_detect(void);
+
 FS_DECLARE_KERNELS(float, s)
 FS_DECLARE_KERNELS(double, d)
 #undef FS_DECLARE_KERNELS

@@ -261,10 +261,17 @@ static void F(fs_flush)(F(fs_block) *b, int n, int update, double lr,
                         T *grad)
 {
     const int d = b->d;
+    /* one example: U0^T z and U's update in one pass over U (fs_blas.h) */
+    const int fused = FS_HAVE_AVX2 && fs_blas.avx2 && n == 1 && update
+                      && (ptrdiff_t)d * d > FS_SMALL;
     if (n == 0)
         return;
     /* dL/dh_i += s_i (U0^T z_i - sum_{j<i} alpha_j (u_j . z_i) h_j) */
-    F(fs_gemm)(0, 0, n, d, d, 1, b->Z, d, U, d, 0, b->X, d);
+    if (fused)
+        F(fs_gemv_t_ger_avx2)(d, d, b->Z, U, d, (T)s_n,
+                              (T)(-s_n * b->alpha[0]), b->Bu, H, b->X);
+    else
+        F(fs_gemm)(0, 0, n, d, d, 1, b->Z, d, U, d, 0, b->X, d);
     if (update && n > 1) {
         F(fs_gemm)(0, 1, n, n, d, 1, b->Z, d, b->Bu, d, 0, b->G, n);
         for (int i = 0; i < n; ++i)
@@ -284,16 +291,18 @@ static void F(fs_flush)(F(fs_block) *b, int n, int update, double lr,
     /* M += -lr (W^T Y + Y^T W) */
     F(fs_syr2k_upper_trans)(d, n, (T)(-lr), b->Tw, d, b->Y, d, 1, M, d);
     /* U = s_n (U0 - sum_j alpha_j u_j h_j^T) */
-    for (int j = 0; j < n; ++j) {
+    for (int j = 0; !fused && j < n; ++j) {
         T *u = b->Bu + (ptrdiff_t)j * d;
         const T a = (T)b->alpha[j];
         for (int c = 0; c < d; ++c)
             u[c] *= a;
     }
-    if (s_n != 1.0)
-        for (ptrdiff_t c = 0; c < (ptrdiff_t)d * d; ++c)
-            U[c] *= (T)s_n;
-    F(fs_gemm)(1, 0, d, d, n, (T)(-s_n), b->Bu, d, H, d, 1, U, d);
+    if (!fused) {
+        if (s_n != 1.0)
+            for (ptrdiff_t c = 0; c < (ptrdiff_t)d * d; ++c)
+                U[c] *= (T)s_n;
+        F(fs_gemm)(1, 0, d, d, n, (T)(-s_n), b->Bu, d, H, d, 1, U, d);
+    }
     /* Uinv = (Uinv0 + sum_j s_j c_j h_j w_j^T) / s_n */
     for (int j = 0; j < n; ++j) {
         T *w = b->Tw + (ptrdiff_t)j * d;

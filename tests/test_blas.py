@@ -4,7 +4,9 @@ called through scipy.linalg.cython_blas) against NumPy, for both dtypes.
 The wrappers take row-major arrays and translate to Fortran BLAS by swapping
 operands; these tests use non-square shapes so that a swapped dimension or
 flag cannot go unnoticed, and one-row / rank-one shapes, which the wrappers
-send to the BLAS-2 routines.  Tiny products (at most FS_SMALL = 256
+send to the BLAS-2 routines (rank-one and rank-two updates: to loops of
+their own, compiled for AVX2 + FMA, on CPUs that have them; both paths are
+tested).  Tiny products (at most FS_SMALL = 256
 multiply-adds) are computed by the wrappers' own loops: every shape is
 tested as it is (the loops) and scaled by 7 in each dimension (BLAS).
 """
@@ -18,6 +20,21 @@ DTYPES = [np.float32, np.float64]
 RTOL = {np.float32: 1e-5, np.float64: 1e-13}
 #: 1: the wrappers' loops; 7: the same shapes through BLAS
 SCALES = [1, 7]
+
+
+@pytest.fixture(params=["blas", "avx2"])
+def level2(request):
+    """The rank-one and rank-two updates through OpenBLAS (and fs_blas.h's
+    portable loop), then through its AVX2 + FMA loops (skipped on a CPU
+    without them)."""
+    want = request.param == "avx2"
+    old = _core._own_avx2(want)
+    try:
+        if want and not _core._own_avx2():
+            pytest.skip("this CPU has no AVX2 + FMA")
+        yield request.param
+    finally:
+        _core._own_avx2(old)
 
 
 def _rand(rng, shape, dtype):
@@ -37,7 +54,7 @@ def assert_close(actual, expected, dtype):
                                         (4, 6, 1, 1.0), (4, 6, 1, 0.5),
                                         (1, 5, 1, 1.0)])
 @pytest.mark.parametrize("s", SCALES)
-def test_gemm(rng, dtype, ta, tb, m, n, k, beta, s):
+def test_gemm(rng, dtype, ta, tb, m, n, k, beta, s, level2):
     m, n, k = (m if m == 1 else s * m), s * n, (k if k == 1 else s * k)
     A = _rand(rng, (k, m) if ta else (m, k), dtype)
     B = _rand(rng, (n, k) if tb else (k, n), dtype)
@@ -76,7 +93,7 @@ def test_symm_right_upper(rng, dtype, m, s):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k,beta", [(3, 1.0), (3, 0.5), (1, 1.0)])
 @pytest.mark.parametrize("s", SCALES)
-def test_syr2k_upper_trans(rng, dtype, k, beta, s):
+def test_syr2k_upper_trans(rng, dtype, k, beta, s, level2):
     n, k = 5 * s, (k if k == 1 else s * k)
     A = _rand(rng, (k, n), dtype)
     B = _rand(rng, (k, n), dtype)

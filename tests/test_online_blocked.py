@@ -78,6 +78,35 @@ def test_blocked_matches_sequential_and_naive(dtype, loss, bias, wd, track_sum,
     assert rel_err(fb.weights(), fn.weights()) < tol_w
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("wd", [0.0, 0.01])
+def test_one_example_blocks_with_and_without_the_avx2_loops(dtype, wd):
+    """Blocks of one example at d = 40 (above the wrappers' tiny-product
+    loops): U's update fused with the gradient's product, and Uinv's and M's
+    updates, by the AVX2 + FMA loops of src_c/fs_blas.h, against OpenBLAS
+    and the portable loop, and both against the naive layer."""
+    if not _core._own_avx2():
+        pytest.skip("this CPU has no AVX2 + FMA")
+    args = ("squared", dtype, True, wd, None)
+    kw = dict(d=40, m=25)
+    la, ga, fa = _train(FactoredOutputLayer, 1, *args, **kw)
+    old = _core._own_avx2(False)
+    try:
+        lb, gb, fb = _train(FactoredOutputLayer, 1, *args, **kw)
+    finally:
+        _core._own_avx2(old)
+    ln, gn, fn = _train(NaiveOutputLayer, None, *args, **kw)
+    amp = max(1.0, _amplification(fa))
+    tol = (1000 * np.finfo(np.float64).eps * amp if dtype == np.float64
+           else 30 * EPS32 * amp)
+    assert rel_err(fa.weights(), fb.weights()) < tol
+    assert 0 < rel_err(fa._st.U, fb._st.U)      # the two paths did differ
+    tol_lg = 1e-9 if dtype == np.float64 else 1e-5
+    for got in ((la, ga, fa), (lb, gb, fb)):
+        assert rel_err(got[0], ln) < tol_lg and rel_err(got[1], gn) < tol_lg
+        assert rel_err(got[2].weights(), fn.weights()) < max(tol, tol_lg)
+
+
 def _kernel_inputs(dtype, D=300, d=10, m=20, seed=1):
     rng = np.random.default_rng(seed)
     V = (0.3 * rng.standard_normal((D, d))).astype(dtype)
