@@ -841,6 +841,15 @@ static int F(fs_target_cmp)(const void *a, const void *b)
     return x->p < y->p ? -1 : (x->p > y->p);
 }
 
+/* row = (T)(row + cf p), in double (a function of its own, with restrict:
+ * vectorised) */
+static FS_NOINLINE void F(fs_add_row)(ptrdiff_t d, double cf,
+                                      const T *restrict p, T *restrict row)
+{
+    for (ptrdiff_t c = 0; c < d; ++c)
+        row[c] = (T)((double)row[c] + cf * p[c]);
+}
+
 static int F(fs_add_rows)(T *V, int d, int m, const int64_t *indptr,
                           const int64_t *indices, const T *ga, double coef,
                           const T *P)
@@ -863,6 +872,13 @@ static int F(fs_add_rows)(T *V, int d, int m, const int64_t *indptr,
     for (ptrdiff_t a = 0; a < nnz;) {
         ptrdiff_t b = a;
         T *row = V + tg[a].row * d;
+        if (a + 1 == nnz || tg[a + 1].row != tg[a].row) {
+            /* a row of one example (the common case): the same sum and
+             * rounding in one pass */
+            F(fs_add_row)(d, coef * ga[tg[a].p], P + ex[tg[a].p] * d, row);
+            ++a;
+            continue;
+        }
         for (int c = 0; c < d; ++c)
             acc[c] = row[c];
         for (; b < nnz && tg[b].row == tg[a].row; ++b) {

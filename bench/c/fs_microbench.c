@@ -50,6 +50,7 @@ static void fill_table(void)
     fs_blas.dsyev = BLAS(dsyev);
     fs_blas.dgeqrf = BLAS(dgeqrf);
     fs_blas.dorgqr = BLAS(dorgqr);
+    fs_blas_detect();   /* the AVX2 + FMA loops where the CPU has them */
 }
 
 static double now(void)
