@@ -401,6 +401,11 @@ int F(fs_online)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
             const ptrdiff_t K = indptr[gi + 1] - indptr[gi];
             const int64_t *idx = indices + indptr[gi];
             T *u = b.Bu + (ptrdiff_t)i * d;
+            /* the next example's target rows (those past the block-start
+             * prefetch's budget are cache misses): load them meanwhile */
+            if (gi + 1 < m)
+                F(fs_prefetch_rows)(V, d, indices + indptr[gi + 1],
+                                    indptr[gi + 2] - indptr[gi + 1], d);
             T *x = b.X + (ptrdiff_t)i * d;
             T *t = b.Tw + (ptrdiff_t)i * d;
             T *z = b.Z + (ptrdiff_t)i * d;
