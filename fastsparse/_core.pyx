@@ -190,6 +190,7 @@ def _own_avx2(flag=None):
         fs_blas.avx2 = fs_blas_detect() if flag else 0
     return bool(old)
 
+
 # ------------------------------------------------------- call bookkeeping
 # Layer calls in progress and calls finished, for fastsparse._threads.
 # Each function runs under the GIL without calling back into Python, so

@@ -106,28 +106,21 @@ extern fs_blas_table fs_blas;
 #define FS_HAVE_AVX2 0
 #define FS_AVX2_FN FS_NOINLINE
 #endif
-#define FS_SYR2_BODY(T)                                                       \
+/* the upper triangle of C += alpha (a b^T + b a^T), as function NAME */
+#define FS_SYR2(T, NAME, ATTR)                                                \
+static ATTR void NAME(int n, T alpha, const T *restrict a,                    \
+                      const T *restrict b, T *restrict C, int ldc)            \
+{                                                                             \
     for (ptrdiff_t i = 0; i < n; ++i) {                                       \
         const T ai = alpha * a[i], bi = alpha * b[i];                         \
         T *restrict c = C + i * ldc;                                          \
         for (ptrdiff_t j = i; j < n; ++j)                                     \
             c[j] += ai * b[j] + bi * a[j];                                    \
-    }
+    }                                                                         \
+}
 #define FS_LEVEL2(T, S)                                                       \
-static FS_NOINLINE void fs_syr2_upper_##S(int n, T alpha,                     \
-                                          const T *restrict a,                \
-                                          const T *restrict b,                \
-                                          T *restrict C, int ldc)             \
-{                                                                             \
-    FS_SYR2_BODY(T)                                                           \
-}                                                                             \
-static FS_AVX2_FN void fs_syr2_upper_avx2_##S(int n, T alpha,                 \
-                                              const T *restrict a,            \
-                                              const T *restrict b,            \
-                                              T *restrict C, int ldc)         \
-{                                                                             \
-    FS_SYR2_BODY(T)                                                           \
-}                                                                             \
+FS_SYR2(T, fs_syr2_upper_##S, FS_NOINLINE)                                    \
+FS_SYR2(T, fs_syr2_upper_avx2_##S, FS_AVX2_FN)                                \
 /* A (m x n, row-major) += alpha x y^T, y contiguous */                       \
 static FS_AVX2_FN void fs_ger_avx2_##S(int m, int n, T alpha,                 \
                                        const T *restrict x, int incx,         \
@@ -178,7 +171,7 @@ static FS_AVX2_FN void fs_gemv_t_ger_avx2_##S(int m, int n,                   \
 FS_LEVEL2(float, s)
 FS_LEVEL2(double, d)
 #undef FS_LEVEL2
-#undef FS_SYR2_BODY
+#undef FS_SYR2
 
 /* Row-major wrappers, suffix _s / _d; trans arguments are 0 (no) or 1.
  * As in BLAS, C (or y) is not read when beta = 0. */
