@@ -398,8 +398,7 @@ def index_copy(a, int64_t n_outputs):
     of dimensions) of signed 64- or 32-bit integers, all in [0, n_outputs):
     1-D, of its size.  None otherwise."""
     cdef cnp.ndarray arr, out
-    cdef Py_ssize_t n
-    cdef cnp.npy_intp size
+    cdef cnp.npy_intp n
     cdef int64_t* o
     cdef const void* src
     cdef bint ok
@@ -410,8 +409,7 @@ def index_copy(a, int64_t n_outputs):
             and cnp.PyArray_ITEMSIZE(arr) in (4, 8)):
         return None
     n = cnp.PyArray_SIZE(arr)
-    size = n
-    out = cnp.PyArray_EMPTY(1, &size, cnp.NPY_INT64, 0)
+    out = cnp.PyArray_EMPTY(1, &n, cnp.NPY_INT64, 0)
     o = <int64_t*>cnp.PyArray_DATA(out)
     src = cnp.PyArray_DATA(arr)
     with nogil:

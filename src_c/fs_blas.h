@@ -106,6 +106,8 @@ extern fs_blas_table fs_blas;
 #define FS_HAVE_AVX2 0
 #define FS_AVX2_FN FS_NOINLINE
 #endif
+/* whether to call the AVX2 loops now (compiled here, and the CPU has them) */
+#define FS_USE_AVX2 (FS_HAVE_AVX2 && fs_blas.avx2)
 /* the upper triangle of C += alpha (a b^T + b a^T), as function NAME */
 #define FS_SYR2(T, NAME, ATTR)                                                \
 static ATTR void NAME(int n, T alpha, const T *restrict a,                    \
@@ -212,7 +214,7 @@ static inline void fs_ger_##S(int m, int n, T alpha, const T *x, int incx,    \
         }                                                                     \
         return;                                                               \
     }                                                                         \
-    if (FS_HAVE_AVX2 && fs_blas.avx2 && incy == 1) {                          \
+    if (FS_USE_AVX2 && incy == 1) {                                           \
         fs_ger_avx2_##S(m, n, alpha, x, incx, y, A, lda);                     \
         return;                                                               \
     }                                                                         \
@@ -300,7 +302,7 @@ static inline void fs_syr2k_upper_trans_##S(int n, int k, T alpha,            \
         return;                                                               \
     }                                                                         \
     if (k == 1 && beta == (T)1) {   /* rank two */                            \
-        if (FS_HAVE_AVX2 && fs_blas.avx2)                                     \
+        if (FS_USE_AVX2)                                                      \
             fs_syr2_upper_avx2_##S(n, alpha, A, B, C, ldc);                   \
         else                                                                  \
             fs_syr2_upper_##S(n, alpha, A, B, C, ldc);                        \

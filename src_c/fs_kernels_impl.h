@@ -262,7 +262,7 @@ static void F(fs_flush)(F(fs_block) *b, int n, int update, double lr,
 {
     const int d = b->d;
     /* one example: U0^T z and U's update in one pass over U (fs_blas.h) */
-    const int fused = FS_HAVE_AVX2 && fs_blas.avx2 && n == 1 && update
+    const int fused = FS_USE_AVX2 && n == 1 && update
                       && (ptrdiff_t)d * d > FS_SMALL;
     if (n == 0)
         return;
