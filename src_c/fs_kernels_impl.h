@@ -1211,10 +1211,13 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
                     sv[c] += f * P2[(ptrdiff_t)j * d + c];
             }
     }
-    {   /* the cond bound (§5), before Uinv changes: the Frobenius growth of
-         * Uinv, <Pe + Pf, Zt^T>, when every factor is at most 1 */
-        double dF = 0.0;
+    {   /* the cond bound (§5), before Uinv changes: ||Uinv'|| <= ||Uinv|| /
+         * lam_lo, and, when every factor is at most 1, the Frobenius growth
+         * of Uinv, <Pe + Pf, Zt^T>, bounds the growth of its square: the
+         * smaller of the two */
+        const double by_factor = ctl->sinv2 / (lam_lo * lam_lo);
         if (lam_hi <= 1.0) {
+            double dF = 0.0;
             /* Pe + Pf is overwritten in Pe (no longer needed) */
             for (ptrdiff_t c = 0; c < (ptrdiff_t)me * d; ++c)
                 Pe[c] += Pf[c];
@@ -1223,9 +1226,10 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
                 for (int i = 0; i < me; ++i)
                     dF += (double)Pe[(ptrdiff_t)i * d + c] * zc[i];
             }
-            ctl->sinv2 += dF > 0 ? dF : 0.0;
+            dF = ctl->sinv2 + (dF > 0 ? dF : 0.0);
+            ctl->sinv2 = dF < by_factor ? dF : by_factor;
         } else {
-            ctl->sinv2 /= lam_lo * lam_lo;
+            ctl->sinv2 = by_factor;
         }
         ctl->smax2 *= lam_hi * lam_hi;
         ctl->smax2 *= rho * rho;

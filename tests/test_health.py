@@ -151,6 +151,47 @@ def test_control_keeps_cond_bounded_and_reports():
     assert layer._health.counts["renormalizations"] > 0
 
 
+@pytest.mark.parametrize("case", ["small steps", "large steps", "repeated contexts",
+                                  "z_loss"])
+def test_minibatch_bounds_hold_and_grow_at_most_by_the_factor(case):
+    """After every minibatch step the control's bounds are upper bounds of
+    sigma_max(U)^2 and ||U^-1||^2 (docs/algorithm.md §5), and the bound of
+    ||U^-1||^2 grows at most by 1 / lam_lo^2, lam_lo the smallest factor
+    the step applies to U (from the eigenvalues of 2 lr dL/dq H H^T; the
+    Frobenius growth alone is up to m times larger)."""
+    rng = np.random.default_rng(5)
+    D, d, m = 300, 24, 16
+    loss = "z_loss" if case == "z_loss" else "squared"
+    lr = {"small steps": 0.01, "large steps": 0.08, "repeated contexts": 0.05,
+          "z_loss": 0.05}[case]
+    layer = FactoredOutputLayer(D, d, dtype=np.float64, seed=0, loss=loss,
+                                stability=False)
+    ctl = layer._health.ctl
+    grew = []
+    for _ in range(12):
+        H = rng.standard_normal((m, d)) / np.sqrt(d)
+        if case == "repeated contexts":   # 2 lr m ||h||^2 = 0.8: a split
+            H[:] = H[0] * np.sqrt(0.8 / (2 * lr * m)) / np.linalg.norm(H[0])
+        before = ctl.sinv2
+        layer.step(H, rng.integers(0, D, m), lr, mode="batch")
+        s = np.linalg.svd(layer._st.U, compute_uv=False)
+        assert s[0] ** 2 <= ctl.smax2 * (1 + 1e-12)
+        assert s[-1] ** -2 <= ctl.sinv2 * (1 + 1e-12)
+        if loss == "squared":
+            mu = np.linalg.eigvalsh(2 * lr * H @ H.T)
+            f = np.abs(1 - mu)
+            lam_lo = min(1.0, f[f >= 0.5].min(initial=1.0))
+            if np.sqrt(np.sum(mu ** 2)) * (1 + 1e-3) < 0.5:   # ||S||_F
+                lam_lo = 1 - np.sqrt(np.sum(mu ** 2)) * (1 + 1e-3)
+            assert ctl.sinv2 <= before / lam_lo ** 2 * (1 + 1e-9)
+            grew.append(ctl.sinv2 / before)
+    assert layer._health.counts["checks"] == 0
+    if case == "repeated contexts":
+        assert layer._health.counts["near_singular_updates"] > 0
+    if loss == "squared":
+        assert max(grew) > 1.0
+
+
 def test_refresh_recomputes_M_exactly():
     layer = _drifted(track_sum=True)
     W = layer.weights()
