@@ -192,6 +192,53 @@ def test_minibatch_bounds_hold_and_grow_at_most_by_the_factor(case):
         assert max(grew) > 1.0
 
 
+def test_scheduled_check_with_clear_bounds_only_probes_the_inverse(monkeypatch):
+    """A check on schedule whose bounds prove cond(U) <= max_cond / 2 (and
+    the scale in range) runs no iteration and keeps the bounds, yet still
+    refreshes a drifted inverse; a check the bounds ask for is a full one."""
+    rng = np.random.default_rng(3)
+    D, d = 200, 16
+    layer = FactoredOutputLayer(D, d, dtype=np.float64, seed=0,
+                                stability={"check_every": 8})
+    hc, st = layer._health, layer._st
+    calls = []
+    estimate = hc._estimate
+
+    def spy(st_, iterations, store):
+        calls.append(iterations)
+        return estimate(st_, iterations, store)
+
+    monkeypatch.setattr(hc, "_estimate", spy)
+    set_bounds = hc._set_bounds
+    resets = []
+    monkeypatch.setattr(hc, "_set_bounds",
+                        lambda st_, est: (resets.append(1), set_bounds(st_, est)))
+
+    def run(n, lr=1e-3):
+        for _ in range(n):
+            layer.step(rng.standard_normal((1, d)) / np.sqrt(d),
+                       rng.integers(0, D, 1), lr, mode="online")
+
+    run(8)                      # the first check: no warm vectors yet, full
+    assert calls == [2]
+    assert len(resets) == 1
+    run(16)                     # light checks leave the bounds as they are
+    assert calls == [2, 0, 0]
+    assert len(resets) == 1
+    ctl = hc.ctl
+    # a drifted inverse is refreshed by the light check
+    st.Uinv[...] *= 1 + 1e-6 * rng.standard_normal((d, d))
+    refreshes = hc.counts["inverse_refreshes"]
+    run(8)
+    assert calls[-1] == 0
+    assert hc.counts["inverse_refreshes"] == refreshes + 1
+    assert np.abs(st.U @ st.Uinv - np.eye(d)).max() < 1e-13
+    # bounds that do not prove cond <= max_cond / 2: a full check
+    ctl.sinv2 = ctl.sinv2 * hc.max_cond ** 2 / 3
+    run(8)
+    assert calls[-1] == 2
+
+
 def test_refresh_recomputes_M_exactly():
     layer = _drifted(track_sum=True)
     W = layer.weights()
