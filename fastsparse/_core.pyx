@@ -63,9 +63,10 @@ cdef extern from "fs_sparse.h" nogil:
     void fs_scatter_axpy_d(double*, ptrdiff_t, const int64_t*, const double*,
                            ptrdiff_t, ptrdiff_t, const double*, ptrdiff_t)
     void fs_csr_gram_add_s(ptrdiff_t, const int64_t*, const int64_t*,
-                           const float*, float*)
+                           const float*, float*, int64_t*)
     void fs_csr_gram_add_d(ptrdiff_t, const int64_t*, const int64_t*,
-                           const double*, double*)
+                           const double*, double*, int64_t*)
+    ptrdiff_t FS_GRAM_WORK(ptrdiff_t)
 
 cdef extern from "fs_kernels.h" nogil:
     ctypedef struct fs_blas_table:
@@ -762,12 +763,13 @@ def _py_scatter_axpy(floating[:, ::1] V, const int64_t[::1] idx,
 
 def _py_csr_gram_add(const int64_t[::1] indptr, const int64_t[::1] indices,
                      const floating[::1] values, floating[:, ::1] G):
+    cdef int64_t[::1] work = _np.empty(FS_GRAM_WORK(indices.shape[0]), _np.int64)
     if floating is float:
         fs_csr_gram_add_s(G.shape[0], &indptr[0], &indices[0], &values[0],
-                          &G[0, 0])
+                          &G[0, 0], &work[0])
     else:
         fs_csr_gram_add_d(G.shape[0], &indptr[0], &indices[0], &values[0],
-                          &G[0, 0])
+                          &G[0, 0], &work[0])
 
 
 def _py_gemm(bint ta, bint tb, double alpha, const floating[:, ::1] A,

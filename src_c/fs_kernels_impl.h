@@ -932,6 +932,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
       *Hg = NULL, *YY = NULL, *kx = NULL, *T1 = NULL, *Rf = NULL,
       *HU, *HUM, *R, *Z, *av;
     double *N = NULL, *Km = NULL, *Zd = NULL, *dw;
+    int64_t *gw = NULL;
     int *ipiv = NULL;
     for (int pass = 0; pass < 2; ++pass) {  /* sizes, then the pieces */
         if (pass == 1 && fs_ws_alloc(&wa) != 0)
@@ -1040,6 +1041,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
         Hg = FS_TAKE(&wb, med, T);
         Hx = k > 0 ? FS_TAKE(&wb, med, T) : (T *)H;
         YY = FS_TAKE(&wb, mm, T);
+        gw = FS_TAKE(&wb, FS_GRAM_WORK(nnz), int64_t);
         kx = FS_TAKE(&wb, 3 * (ptrdiff_t)k * d + (ptrdiff_t)k * k
                           + (ptrdiff_t)k * m + k + 1, T);
         if (sizeof(T) == sizeof(double)) {     /* the refinement below */
@@ -1115,7 +1117,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
     }
     /* R <- R - lr/2 (Ydot Ydot^T) P, so that M' = M - lr (P^T R + R^T P) */
     memset(YY, 0, (size_t)mm * sizeof(T));
-    F(fs_csr_gram_add)(m, indptr, indices, ga, YY);
+    F(fs_csr_gram_add)(m, indptr, indices, ga, YY, gw);
     {
         ptrdiff_t nz = 0;
         for (ptrdiff_t i = 0; i < mm; ++i)

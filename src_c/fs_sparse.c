@@ -78,23 +78,41 @@ void fs_scatter_axpy_##S(T *V, ptrdiff_t ldv, const int64_t *idx,             \
 }                                                                             \
                                                                               \
 void fs_csr_gram_add_##S(ptrdiff_t m, const int64_t *indptr,                 \
-                         const int64_t *indices, const T *values, T *G)      \
+                         const int64_t *indices, const T *values, T *G,       \
+                         int64_t *work)                                       \
 {                                                                             \
-    for (ptrdiff_t i = 0; i < m; ++i) {                                       \
-        for (ptrdiff_t i2 = i; i2 < m; ++i2) {                                \
-            /* merge two sorted index lists */                                \
-            int64_t p = indptr[i], pe = indptr[i + 1];                        \
-            int64_t q = indptr[i2], qe = indptr[i2 + 1];                      \
-            T acc = 0;                                                        \
-            while (p < pe && q < qe) {                                        \
-                if (indices[p] < indices[q]) ++p;                             \
-                else if (indices[p] > indices[q]) ++q;                        \
-                else { acc += values[p] * values[q]; ++p; ++q; }              \
+    const ptrdiff_t nnz = indptr[m] - indptr[0], t = fs_gram_table(nnz);     \
+    int64_t *key = work, *head = key + t, *next = head + t,                   \
+            *row = next + nnz;                                                \
+    for (ptrdiff_t h = 0; h < t; ++h)                                         \
+        key[h] = -1;                                                          \
+    /* the entries in storage order (rows in turn, indices ascending in a    \
+     * row): each one meets the earlier entries of its index through a hash  \
+     * table (open addressing) and the chain of their positions, so the     \
+     * products of a pair of rows are added in ascending index order */     \
+    for (ptrdiff_t i = 0; i < m; ++i)                                         \
+        for (int64_t p = indptr[i]; p < indptr[i + 1]; ++p) {                 \
+            const int64_t c = indices[p], e = p - indptr[0];                  \
+            const T v = values[p];                                            \
+            ptrdiff_t h = (ptrdiff_t)(((uint64_t)c * 0x9E3779B97F4A7C15u)    \
+                                      >> 32) & (t - 1);                       \
+            while (key[h] != -1 && key[h] != c)                               \
+                h = (h + 1) & (t - 1);                                        \
+            G[i * m + i] += v * v;                                            \
+            row[e] = i;                                                       \
+            if (key[h] == c) {                                                \
+                for (int64_t q = head[h]; q >= 0; q = next[q]) {              \
+                    const T g = values[q + indptr[0]] * v;                    \
+                    G[row[q] * m + i] += g;                                   \
+                    G[i * m + row[q]] += g;                                   \
+                }                                                             \
+                next[e] = head[h];                                            \
+            } else {                                                          \
+                key[h] = c;                                                   \
+                next[e] = -1;                                                 \
             }                                                                 \
-            G[i * m + i2] += acc;                                             \
-            if (i2 != i) G[i2 * m + i] += acc;                                \
+            head[h] = e;                                                      \
         }                                                                     \
-    }                                                                         \
 }                                                                             \
                                                                               \
 void fs_rankk_rows_##S(T *V, ptrdiff_t ldv, ptrdiff_t n_rows, ptrdiff_t d,   \

@@ -14,6 +14,18 @@
  * L2 cache next to the d x d state) */
 #define FS_PREFETCH_BYTES 131072
 
+/* the hash table of fs_csr_gram_add for nnz entries: a power of two >= 2 nnz,
+ * and the workspace in int64 (the table's keys and heads, the entries'
+ * chain and row) */
+static inline ptrdiff_t fs_gram_table(ptrdiff_t nnz)
+{
+    ptrdiff_t t = 16;
+    while (t < 2 * nnz)
+        t *= 2;
+    return t;
+}
+#define FS_GRAM_WORK(nnz) (2 * fs_gram_table(nnz) + 2 * (ptrdiff_t)(nnz))
+
 #define FS_DECLARE(T, S)                                                      \
 /* A hint to bring the rows V[idx[k]], k < n, into the cache (no effect on   \
  * results): issued before other work, their memory latency overlaps it.    \
@@ -31,10 +43,13 @@ void fs_scatter_axpy_##S(T *V, ptrdiff_t ldv, const int64_t *idx,             \
                          const T *coef, ptrdiff_t n, ptrdiff_t d,             \
                          const T *w, ptrdiff_t incw);                         \
 /* G[i, i'] += sum over shared columns of X[i, j] X[i', j] for a CSR matrix   \
- * X (m rows, column indices sorted within each row, no duplicates);         \
- * G is m x m row-major. */                                                   \
+ * X (m rows, column indices sorted within each row, no duplicates), in     \
+ * O(nnz) (a hash table of the column indices): the products of two rows    \
+ * are added in ascending column order.  G is m x m row-major; work holds  \
+ * FS_GRAM_WORK(nnz) int64. */                                                \
 void fs_csr_gram_add_##S(ptrdiff_t m, const int64_t *indptr,                 \
-                         const int64_t *indices, const T *values, T *G);      \
+                         const int64_t *indices, const T *values, T *G,       \
+                         int64_t *work);                                      \
 /* V[j] -= sum_i beta[i] (V[j] . L[i]) L[i] for every row j < n_rows, in one \
  * pass over V (V <- V (I - L^T diag(beta) L)); L is k x d row-major,       \
  * k <= FS_MAX_RANK. */                                                       \

@@ -59,3 +59,28 @@ def test_csr_gram_add(rng, dtype):
     Xd = X.toarray()
     np.testing.assert_allclose(G, G0 + Xd @ Xd.T, rtol=RTOL[dtype],
                                atol=RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_csr_gram_add_shared_columns(rng, dtype):
+    """Rows that share many columns (Zipf indices, rows of 0 to 7 entries):
+    from G = 0, every entry is the sum over the shared columns in ascending
+    column order, in the dtype (bit for bit)."""
+    m = 60
+    rows = [np.unique(np.minimum(rng.zipf(1.3, rng.integers(0, 8)), 500) - 1)
+            for _ in range(m)]
+    indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])]).astype(np.int64)
+    indices = np.concatenate(rows).astype(np.int64)
+    values = rng.standard_normal(indices.size).astype(dtype)
+    vals = [values[indptr[i]:indptr[i + 1]] for i in range(m)]
+    G = np.zeros((m, m), dtype=dtype)
+    _core._py_csr_gram_add(indptr, indices, values, G)
+    expected = np.zeros((m, m), dtype=dtype)
+    for i in range(m):
+        for j in range(m):
+            acc = dtype(0)
+            for c in sorted(set(rows[i]) & set(rows[j])):
+                acc = dtype(acc + vals[i][rows[i] == c][0] * vals[j][rows[j] == c][0])
+            expected[i, j] = acc
+    assert np.count_nonzero(expected - np.diag(np.diag(expected))) > m
+    np.testing.assert_array_equal(G, expected)
