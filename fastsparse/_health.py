@@ -40,6 +40,10 @@ NORM_LIMIT = {np.dtype(np.float32): 2.0 ** 60, np.dtype(np.float64): 2.0 ** 500}
 #: safety factor on the estimated bounds (the estimates are lower bounds)
 _MARGIN = 1.1
 
+#: the tracked weak directions a check on schedule probes the inverse on,
+#: when the bounds need nothing else (StabilityControl.check)
+_PROBE_VECTORS = 4
+
 
 class StabilityControl:
     """The knobs and state of the automatic numerical-health control.
@@ -68,7 +72,7 @@ class StabilityControl:
         follow every update; this schedule watches the running inverse's
         drift, which grows with the number of updates (when the bounds
         prove ``cond(U) <= max_cond / 2``, such a check measures only that
-        drift, at a third of the cost).
+        drift, on U's 4 weakest tracked directions).
     inverse_tol : float, optional
         Bound on the relative error ``||U Uinv x - x|| / ||x||`` of the
         running inverse; default ``32 * eps`` in float32 and 1e-12 in
@@ -187,16 +191,17 @@ class StabilityControl:
 
         A ``scheduled`` check (not asked for by the bounds) whose bounds
         prove that the conditioning and the scale need nothing only
-        measures the running inverse's error, on the tracked weak
-        directions (their Ritz vectors, no iteration: a third of a full
-        check's products), and keeps the bounds."""
+        measures the running inverse's error, on the weakest tracked
+        directions (``_PROBE_VECTORS`` of them, no iteration), and keeps
+        the bounds."""
         t0 = time.perf_counter()
         try:
             self._since_check = 0
             self.counts["checks"] += 1
             st.check_finite()
             if scheduled and self._X is not None and self._bounds_clear():
-                est = self._estimate(st, iterations=0, store=False)
+                est = self._estimate(st, iterations=0, store=False,
+                                     vectors=_PROBE_VECTORS)
                 if (est["inverse_error"] > self.inverse_tol
                         or (self.inverse_every
                             and self._since_inverse >= self.inverse_every)):
@@ -238,13 +243,14 @@ class StabilityControl:
         ctl.sinv2 = est["sigma_min"] ** -2 * _MARGIN
         ctl.mnorm = _sym_norm(st)
 
-    def _estimate(self, st, iterations, store):
+    def _estimate(self, st, iterations, store, vectors=None):
         """sigma_max(U) by power iteration (warm), U's weak left singular
         directions and values by subspace iteration on Uinv^T Uinv (warm),
         and the inverse error on those vectors; all in float64, compiled
         (``_core.Arrays.estimate``; :func:`estimate_numpy` is the same in
-        NumPy).  Returns the estimates; ``store``: keep them and the warm
-        vectors (a pure read otherwise)."""
+        NumPy).  ``vectors``: only the first (weakest) of the tracked
+        directions (with ``store`` false).  Returns the estimates;
+        ``store``: keep them and the warm vectors (a pure read otherwise)."""
         d = st.U.shape[0]
         kw = min(d, self.max_lift + 2)
         x, X = self._x_max, self._X
@@ -252,6 +258,8 @@ class StabilityControl:
             rng = np.random.default_rng(0)
             x = _unit(rng.standard_normal(d))
             X = np.linalg.qr(rng.standard_normal((d, kw)))[0]
+        if vectors is not None and vectors < kw:
+            kw, X = vectors, X[:, :vectors]
         # copies, updated in place (the warm vectors stay as they are
         # until ``store``)
         x1 = np.array(x, dtype=np.float64, order="C")

@@ -204,9 +204,11 @@ def test_scheduled_check_with_clear_bounds_only_probes_the_inverse(monkeypatch):
     calls = []
     estimate = hc._estimate
 
-    def spy(st_, iterations, store):
+    def spy(st_, iterations, store, vectors=None):
         calls.append(iterations)
-        return estimate(st_, iterations, store)
+        if iterations == 0:     # the weakest tracked directions only
+            assert vectors is not None and vectors < hc.max_lift + 2
+        return estimate(st_, iterations, store, vectors)
 
     monkeypatch.setattr(hc, "_estimate", spy)
     set_bounds = hc._set_bounds
