@@ -206,6 +206,7 @@ class StabilityControl:
                         or (self.inverse_every
                             and self._since_inverse >= self.inverse_every)):
                     self.refresh_inverse(st)
+                self.ctl.mnorm = _sym_norm(st)     # exact, as a full check
                 return
             est = self._estimate(st, iterations=2, store=True)
             # renormalise from max_cond / 2 on (hysteresis: the bounds then

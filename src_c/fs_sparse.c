@@ -77,24 +77,24 @@ void fs_scatter_axpy_##S(T *V, ptrdiff_t ldv, const int64_t *idx,             \
     }                                                                         \
 }                                                                             \
                                                                               \
-void fs_csr_gram_add_##S(ptrdiff_t m, const int64_t *indptr,                 \
+void fs_csr_gram_add_##S(ptrdiff_t m, const int64_t *indptr,                  \
                          const int64_t *indices, const T *values, T *G,       \
                          int64_t *work)                                       \
 {                                                                             \
-    const ptrdiff_t nnz = indptr[m] - indptr[0], t = fs_gram_table(nnz);     \
+    const ptrdiff_t nnz = indptr[m] - indptr[0], t = fs_gram_table(nnz);      \
     int64_t *key = work, *head = key + t, *next = head + t,                   \
             *row = next + nnz;                                                \
     for (ptrdiff_t h = 0; h < t; ++h)                                         \
         key[h] = -1;                                                          \
-    /* the entries in storage order (rows in turn, indices ascending in a    \
-     * row): each one meets the earlier entries of its index through a hash  \
-     * table (open addressing) and the chain of their positions, so the     \
-     * products of a pair of rows are added in ascending index order */     \
+    /* the entries in storage order (rows in turn, indices ascending in a     \
+     * row): each one meets the earlier entries of its index through a hash   \
+     * table (open addressing) and the chain of their positions, so the       \
+     * products of a pair of rows are added in ascending index order */       \
     for (ptrdiff_t i = 0; i < m; ++i)                                         \
         for (int64_t p = indptr[i]; p < indptr[i + 1]; ++p) {                 \
             const int64_t c = indices[p], e = p - indptr[0];                  \
             const T v = values[p];                                            \
-            ptrdiff_t h = (ptrdiff_t)(((uint64_t)c * 0x9E3779B97F4A7C15u)    \
+            ptrdiff_t h = (ptrdiff_t)(((uint64_t)c * 0x9E3779B97F4A7C15u)     \
                                       >> 32) & (t - 1);                       \
             while (key[h] != -1 && key[h] != c)                               \
                 h = (h + 1) & (t - 1);                                        \

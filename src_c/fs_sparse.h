@@ -43,11 +43,12 @@ void fs_scatter_axpy_##S(T *V, ptrdiff_t ldv, const int64_t *idx,             \
                          const T *coef, ptrdiff_t n, ptrdiff_t d,             \
                          const T *w, ptrdiff_t incw);                         \
 /* G[i, i'] += sum over shared columns of X[i, j] X[i', j] for a CSR matrix   \
- * X (m rows, column indices sorted within each row, no duplicates), in     \
- * O(nnz) (a hash table of the column indices): the products of two rows    \
- * are added in ascending column order.  G is m x m row-major; work holds  \
- * FS_GRAM_WORK(nnz) int64. */                                                \
-void fs_csr_gram_add_##S(ptrdiff_t m, const int64_t *indptr,                 \
+ * X (m rows, column indices sorted within each row, no duplicates), in       \
+ * O(nnz + the pairs of entries that share a column) through a hash table     \
+ * of the column indices: the products of two rows are added in ascending     \
+ * column order.  G is m x m row-major; work holds FS_GRAM_WORK(nnz)          \
+ * int64. */                                                                  \
+void fs_csr_gram_add_##S(ptrdiff_t m, const int64_t *indptr,                  \
                          const int64_t *indices, const T *values, T *G,       \
                          int64_t *work);                                      \
 /* V[j] -= sum_i beta[i] (V[j] . L[i]) L[i] for every row j < n_rows, in one \
