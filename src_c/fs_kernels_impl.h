@@ -834,18 +834,6 @@ fail:
     return -1;
 }
 
-/* V[indices[p]] += coef ga[p] P[i] for every target p of every example i,
- * the terms of one row summed in double and rounded into V once. */
-typedef struct { int64_t row; ptrdiff_t p; } F(fs_target);
-
-static int F(fs_target_cmp)(const void *a, const void *b)
-{
-    const F(fs_target) *x = a, *y = b;
-    if (x->row != y->row)
-        return x->row < y->row ? -1 : 1;
-    return x->p < y->p ? -1 : (x->p > y->p);
-}
-
 /* row = (T)(row + cf p), in double (a function of its own, with restrict:
  * vectorised) */
 static FS_NOINLINE void F(fs_add_row)(ptrdiff_t d, double cf,
@@ -855,49 +843,35 @@ static FS_NOINLINE void F(fs_add_row)(ptrdiff_t d, double cf,
         row[c] = (T)((double)row[c] + cf * p[c]);
 }
 
-static int F(fs_add_rows)(T *V, int d, int m, const int64_t *indptr,
-                          const int64_t *indices, const T *ga, double coef,
-                          const T *P)
+/* V[indices[p]] += coef ga[p] P[i] for every target p of every example i,
+ * from the targets grouped by row of V (fs_csr_gram_add, fs_groups): the
+ * terms of one row summed in double, in the examples' order, and rounded
+ * into V once.  acc: d doubles. */
+static void F(fs_add_rows)(T *V, int d, const fs_groups *g, const T *ga,
+                           double coef, const T *P, double *acc)
 {
-    const ptrdiff_t nnz = indptr[m];
-    F(fs_target) *tg = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(*tg));
-    ptrdiff_t *ex = malloc((size_t)(nnz > 0 ? nnz : 1) * sizeof(ptrdiff_t));
-    double *acc = malloc((size_t)d * sizeof(double));
-    if (tg == NULL || ex == NULL || acc == NULL) {
-        free(tg); free(ex); free(acc);
-        return FS_NOMEM;
-    }
-    for (int i = 0; i < m; ++i)
-        for (int64_t p = indptr[i]; p < indptr[i + 1]; ++p) {
-            tg[p].row = indices[p];
-            tg[p].p = p;
-            ex[p] = i;
-        }
-    qsort(tg, (size_t)nnz, sizeof(*tg), F(fs_target_cmp));
-    for (ptrdiff_t a = 0; a < nnz;) {
-        ptrdiff_t b = a;
-        T *row = V + tg[a].row * d;
-        if (a + 1 == nnz || tg[a + 1].row != tg[a].row) {
+    for (ptrdiff_t h = 0; h < g->t; ++h) {
+        if (g->key[h] == -1)
+            continue;
+        int64_t e = g->head[h];
+        T *row = V + g->key[h] * d;
+        if (g->next[e] < 0) {
             /* a row of one example (the common case): the same sum and
              * rounding in one pass */
-            F(fs_add_row)(d, coef * ga[tg[a].p], P + ex[tg[a].p] * d, row);
-            ++a;
+            F(fs_add_row)(d, coef * ga[e], P + g->row[e] * d, row);
             continue;
         }
         for (int c = 0; c < d; ++c)
             acc[c] = row[c];
-        for (; b < nnz && tg[b].row == tg[a].row; ++b) {
-            const double cf = coef * ga[tg[b].p];
-            const T *pi = P + ex[tg[b].p] * d;
+        for (; e >= 0; e = g->next[e]) {
+            const double cf = coef * ga[e];
+            const T *pi = P + g->row[e] * d;
             for (int c = 0; c < d; ++c)
                 acc[c] += cf * pi[c];
         }
         for (int c = 0; c < d; ++c)
             row[c] = (T)acc[c];
-        a = b;
     }
-    free(tg); free(ex); free(acc);
-    return FS_OK;
 }
 
 int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
@@ -932,7 +906,8 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
       *Hg = NULL, *YY = NULL, *kx = NULL, *T1 = NULL, *Rf = NULL,
       *HU, *HUM, *R, *Z, *av;
     double *N = NULL, *Km = NULL, *Zd = NULL, *dw;
-    int64_t *gw = NULL;
+    double *acc = NULL;
+    int64_t *gw = NULL;     /* the targets grouped by row of V */
     int *ipiv = NULL;
     for (int pass = 0; pass < 2; ++pass) {  /* sizes, then the pieces */
         if (pass == 1 && fs_ws_alloc(&wa) != 0)
@@ -1042,6 +1017,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
         Hx = k > 0 ? FS_TAKE(&wb, med, T) : (T *)H;
         YY = FS_TAKE(&wb, mm, T);
         gw = FS_TAKE(&wb, FS_GRAM_WORK(nnz), int64_t);
+        acc = FS_TAKE(&wb, d, double);
         kx = FS_TAKE(&wb, 3 * (ptrdiff_t)k * d + (ptrdiff_t)k * k
                           + (ptrdiff_t)k * m + k + 1, T);
         if (sizeof(T) == sizeof(double)) {     /* the refinement below */
@@ -1242,9 +1218,10 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
     F(fs_gemm)(1, 1, d, d, me, 1, Hx, d, Zt, me, 1, Uinv, d);
     /* V' = V - lr Ydot^T P: the terms of the examples that share a row are
      * summed in double and rounded into V once, as a dense update would */
-    status = F(fs_add_rows)(V, d, m, indptr, indices, ga, -lr, P);
-    if (status != FS_OK)
-        goto out;
+    {
+        const fs_groups g = fs_groups_in(gw, nnz);
+        F(fs_add_rows)(V, d, &g, ga, -lr, P, acc);
+    }
     /* M' = M + dV^T V + V^T dV + dV^T dV,  dV = -lr Ydot^T P */
     F(fs_syr2k_upper_trans)(d, m, (T)(-lr), P, d, R, d, 1, M, d);
     if (keep_s) {

@@ -81,37 +81,37 @@ void fs_csr_gram_add_##S(ptrdiff_t m, const int64_t *indptr,                  \
                          const int64_t *indices, const T *values, T *G,       \
                          int64_t *work)                                       \
 {                                                                             \
-    const ptrdiff_t nnz = indptr[m] - indptr[0], t = fs_gram_table(nnz);      \
-    int64_t *key = work, *head = key + t, *next = head + t,                   \
-            *row = next + nnz;                                                \
-    for (ptrdiff_t h = 0; h < t; ++h)                                         \
-        key[h] = -1;                                                          \
+    const ptrdiff_t nnz = indptr[m] - indptr[0];                              \
+    const fs_groups g = fs_groups_in(work, nnz);                              \
+    for (ptrdiff_t h = 0; h < g.t; ++h)                                       \
+        g.key[h] = -1;                                                        \
     /* the entries in storage order (rows in turn, indices ascending in a     \
-     * row): each one meets the earlier entries of its index through a hash   \
-     * table (open addressing) and the chain of their positions, so the       \
+     * row): each one meets the earlier entries of its index through the      \
+     * hash table (open addressing) and the chain of their positions, so the  \
      * products of a pair of rows are added in ascending index order */       \
     for (ptrdiff_t i = 0; i < m; ++i)                                         \
         for (int64_t p = indptr[i]; p < indptr[i + 1]; ++p) {                 \
             const int64_t c = indices[p], e = p - indptr[0];                  \
             const T v = values[p];                                            \
             ptrdiff_t h = (ptrdiff_t)(((uint64_t)c * 0x9E3779B97F4A7C15u)     \
-                                      >> 32) & (t - 1);                       \
-            while (key[h] != -1 && key[h] != c)                               \
-                h = (h + 1) & (t - 1);                                        \
+                                      >> 32) & (g.t - 1);                     \
+            while (g.key[h] != -1 && g.key[h] != c)                           \
+                h = (h + 1) & (g.t - 1);                                      \
             G[i * m + i] += v * v;                                            \
-            row[e] = i;                                                       \
-            if (key[h] == c) {                                                \
-                for (int64_t q = head[h]; q >= 0; q = next[q]) {              \
-                    const T g = values[q + indptr[0]] * v;                    \
-                    G[row[q] * m + i] += g;                                   \
-                    G[i * m + row[q]] += g;                                   \
+            g.row[e] = i;                                                     \
+            g.next[e] = -1;                                                   \
+            if (g.key[h] == c) {                                              \
+                for (int64_t q = g.head[h]; q >= 0; q = g.next[q]) {          \
+                    const T w = values[q + indptr[0]] * v;                    \
+                    G[g.row[q] * m + i] += w;                                 \
+                    G[i * m + g.row[q]] += w;                                 \
                 }                                                             \
-                next[e] = head[h];                                            \
+                g.next[g.tail[h]] = e;                                        \
             } else {                                                          \
-                key[h] = c;                                                   \
-                next[e] = -1;                                                 \
+                g.key[h] = c;                                                 \
+                g.head[h] = e;                                                \
             }                                                                 \
-            head[h] = e;                                                      \
+            g.tail[h] = e;                                                    \
         }                                                                     \
 }                                                                             \
                                                                               \

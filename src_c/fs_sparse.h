@@ -14,9 +14,17 @@
  * L2 cache next to the d x d state) */
 #define FS_PREFETCH_BYTES 131072
 
-/* the hash table of fs_csr_gram_add for nnz entries: a power of two >= 2 nnz,
- * and the workspace in int64 (the table's keys and heads, the entries'
- * chain and row) */
+/* A minibatch's targets grouped by column (row of V), as fs_csr_gram_add
+ * leaves them in its workspace (FS_GRAM_WORK(nnz) int64): a hash table of
+ * t slots, a power of two >= 2 nnz (key: the column, -1 for a free slot;
+ * head, tail: its first and last entry) and, per entry e (its position
+ * from indptr[0]), the next entry of its column in ascending order (-1 at
+ * the end) and its row. */
+typedef struct {
+    ptrdiff_t t;
+    int64_t *key, *head, *tail, *next, *row;
+} fs_groups;
+
 static inline ptrdiff_t fs_gram_table(ptrdiff_t nnz)
 {
     ptrdiff_t t = 16;
@@ -24,7 +32,19 @@ static inline ptrdiff_t fs_gram_table(ptrdiff_t nnz)
         t *= 2;
     return t;
 }
-#define FS_GRAM_WORK(nnz) (2 * fs_gram_table(nnz) + 2 * (ptrdiff_t)(nnz))
+#define FS_GRAM_WORK(nnz) (3 * fs_gram_table(nnz) + 2 * (ptrdiff_t)(nnz))
+
+static inline fs_groups fs_groups_in(int64_t *work, ptrdiff_t nnz)
+{
+    fs_groups g;
+    g.t = fs_gram_table(nnz);
+    g.key = work;
+    g.head = g.key + g.t;
+    g.tail = g.head + g.t;
+    g.next = g.tail + g.t;
+    g.row = g.next + nnz;
+    return g;
+}
 
 #define FS_DECLARE(T, S)                                                      \
 /* A hint to bring the rows V[idx[k]], k < n, into the cache (no effect on   \
@@ -46,8 +66,8 @@ void fs_scatter_axpy_##S(T *V, ptrdiff_t ldv, const int64_t *idx,             \
  * X (m rows, column indices sorted within each row, no duplicates), in       \
  * O(nnz + the pairs of entries that share a column) through a hash table     \
  * of the column indices: the products of two rows are added in ascending     \
- * column order.  G is m x m row-major; work holds FS_GRAM_WORK(nnz)          \
- * int64. */                                                                  \
+ * column order.  G is m x m row-major; work holds FS_GRAM_WORK(nnz) int64    \
+ * and is left holding the entries grouped by column (fs_groups_in). */      \
 void fs_csr_gram_add_##S(ptrdiff_t m, const int64_t *indptr,                  \
                          const int64_t *indices, const T *values, T *G,       \
                          int64_t *work);                                      \
