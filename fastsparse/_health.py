@@ -177,13 +177,27 @@ class StabilityControl:
                 self.check(st, scheduled=True)
 
     # --------------------------------------------------------------- check
+    @property
+    def _lift_from(self):
+        """The cond(U) above which a check renormalises (hysteresis: the
+        bounds then restart with room below max_cond instead of stopping
+        the kernels again a few examples later)."""
+        return self.max_cond / 2
+
+    @property
+    def _inner(self):
+        """A check keeps sigma_max(U) in [1 / inner, inner], well inside the
+        range whose bounds stop the kernels (2^scale_exp), so that they do
+        not stop again at once."""
+        return 2.0 ** (self.scale_exp - 4)
+
     def _bounds_clear(self):
         """Whether the bounds alone prove that a check would neither
-        renormalise nor rescale: cond(U) <= max_cond / 2, and sigma_max
-        inside the range a check keeps it in."""
+        renormalise nor rescale: cond(U) <= _lift_from, and sigma_max
+        inside [1 / _inner, _inner] (sigma_max >= sigma_min)."""
         ctl = self.ctl
-        inner2 = 4.0 ** (self.scale_exp - 4)
-        return (ctl.smax2 * ctl.sinv2 <= (self.max_cond / 2) ** 2
+        inner2 = self._inner ** 2
+        return (ctl.smax2 * ctl.sinv2 <= self._lift_from ** 2
                 and ctl.smax2 <= inner2 and ctl.sinv2 <= inner2)
 
     def check(self, st, scheduled=False):
@@ -209,12 +223,10 @@ class StabilityControl:
                 self.ctl.mnorm = _sym_norm(st)     # exact, as a full check
                 return
             est = self._estimate(st, iterations=2, store=True)
-            # renormalise from max_cond / 2 on (hysteresis: the bounds then
-            # restart with room below max_cond instead of stopping the
-            # kernels again a few examples later); re-factorise only if the
+            # renormalise from _lift_from on; re-factorise only if the
             # bound itself is still exceeded after max_renorms attempts
             renorms = 0
-            while est["cond"] > self.max_cond / 2:
+            while est["cond"] > self._lift_from:
                 if renorms == self.max_renorms:
                     if est["cond"] > self.max_cond:
                         self.refactorize(st)
@@ -229,9 +241,8 @@ class StabilityControl:
             if (renorms or est["inverse_error"] > self.inverse_tol
                     or (self.inverse_every and self._since_inverse >= self.inverse_every)):
                 self.refresh_inverse(st)
-            # back to sigma_max ~ 1 well inside the range whose bounds stop
-            # the kernels (2^scale_exp), so that they do not stop again at once
-            inner = 2.0 ** (self.scale_exp - 4)
+            # back to sigma_max ~ 1 when it leaves the inner range
+            inner = self._inner
             if not 1.0 / inner <= est["sigma_max"] <= inner:
                 self._rescale(st, est)
             self._set_bounds(st, est)
