@@ -23,7 +23,7 @@ from . import _checkpoint
 # rows processed at once by the chunked dense computations (weights(),
 # outputs() over all rows, M = V^T V): bounds their temporary memory
 from ._state import CHUNK_ROWS as _CHUNK_ROWS
-from ._threads import compute, locked
+from ._threads import compute, compute_named, locked
 from .losses import CallableLoss, get_loss
 from ._validation import (check_bias, check_dtype, check_hidden,
                           check_index_matrix, check_lr, check_real, check_rows,
@@ -158,6 +158,9 @@ class OutputLayerBase:
     _OPTIONS = ()
     #: name of the public method running on this layer (fastsparse._threads)
     _in_call = None
+    #: the compiled path of step()'s common calls, if the layer has one
+    #: (fastsparse._core.StepLane)
+    _lane = None
 
     def __init_subclass__(cls, **kwargs):
         # The shared methods are defined here, in a private class: give each
@@ -345,7 +348,6 @@ class OutputLayerBase:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ API
-    @compute
     def step(self, H: ArrayLike, targets, lr: float, *, mode: str = "batch",
              weight_decay: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """Compute losses and gradients, then apply one SGD step.
@@ -409,6 +411,17 @@ class OutputLayerBase:
         >>> loss.shape
         (3,)
         """
+        lane = self._lane
+        if lane is not None:
+            out = lane.step(self, H, targets, lr, mode, weight_decay)
+            if out is not None:
+                return out
+        return self._checked_step(H, targets, lr, mode, weight_decay)
+
+    @compute_named("step")
+    def _checked_step(self, H, targets, lr, mode, weight_decay):
+        """:meth:`step` on any input, validated here (the lane, when the
+        layer has one, takes the common calls: fastsparse._core.StepLane)."""
         H, tg = self._check_inputs(H, targets)
         lr, wd, mode = check_step_args(lr, weight_decay, mode)
         if mode == "online" and not self.loss.online:

@@ -9,7 +9,9 @@ loss ids are the C enums, exported here as Python enums (defined once, in
 src_c/fs_loss.h).
 """
 from libc.stdint cimport int32_t, int64_t
+from libc.math cimport isfinite
 from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
 from scipy.linalg cimport cython_blas as cb
 from scipy.linalg cimport cython_lapack as cl
 cimport numpy as cnp
@@ -206,11 +208,15 @@ def calls_enter():
     return _calls_active
 
 
-def calls_exit():
-    """Count a layer call out."""
+cdef inline void _count_exit() noexcept:
     global _calls_active, _calls_done
     _calls_active -= 1
     _calls_done += 1
+
+
+def calls_exit():
+    """Count a layer call out."""
+    _count_exit()
 
 
 def calls_state():
@@ -643,6 +649,205 @@ def batch_step(Arrays st, H, indptr, indices, values, int loss_kind, loss_params
                                 <const double*>ga, gq, gs,
                                 c, <double*>lo if not given else NULL, <double*>go)
     return status
+
+
+
+# ------------------------------------------------------- the common call
+cdef class StepLane:
+    """The compiled path of ``FactoredOutputLayer.step`` for its common
+    call: the checked path's validation, lock, thread bookkeeping, online
+    kernel and numerical-health schedule without the interpreter between
+    them (a call of one example at d = 128 spent about as long in Python as
+    in its kernel).
+
+    A layer has one (``_lane``) when it has no bias and a built-in loss
+    that puts no condition on the targets' count.  ``step`` handles a call
+    whose arguments are exactly: H a C-contiguous (m, d) ndarray of the
+    layer's dtype, m >= 1; targets an int32/int64 ndarray of shape (m,), or
+    a tuple of a C-contiguous (m, K) int32/int64 ndarray with strictly
+    increasing rows and None or a C-contiguous (m, K) ndarray of the
+    layer's dtype; lr a float; weight_decay the float 0; mode "online", or
+    "batch" with m = 1 (the same update).  It checks the values with the
+    same compiled passes as fastsparse._validation's fast paths (finite H
+    and values, indices in range, copied before the kernel reads them) and
+    runs what the checked path runs, in the same order, with the same
+    kernel calls (same results, bit for bit).  For anything else, and when
+    a layer call is already running in this thread, it returns None before
+    any change, and the checked path handles the call (and says what is
+    wrong)."""
+    cdef object state, health, enter
+    cdef Arrays st
+    cdef fs_loss_spec spec
+
+    def __init__(self, state, health, int loss_kind, params, enter):
+        self.state = state
+        self.st = state.kernel
+        self.health = health
+        self.spec = _spec_of(loss_kind, self.st.D, params)
+        self.enter = enter
+
+    def step(self, layer, H, targets, lr, mode, weight_decay):
+        """(loss, grad_H) of ``layer.step(H, targets, lr, mode=mode,
+        weight_decay=weight_decay)``, or None (nothing done)."""
+        cdef Arrays st = self.st
+        cdef int tn = st.typenum
+        cdef size_t item = sizeof(float) if tn == cnp.NPY_FLOAT else sizeof(double)
+        cdef double rate
+        cdef Py_ssize_t m, K, nnz, i
+        cdef cnp.ndarray h, ix, vals = None
+        cdef object idx_obj, val_obj
+        cdef char* buf
+        cdef int64_t* indptr
+        cdef int64_t* indices
+        cdef char* values
+        cdef bint ok, single
+        # the arguments' types and shapes: nothing is read or allocated yet
+        if (type(lr) is not float or type(weight_decay) is not float
+                or <double>weight_decay != 0.0 or type(mode) is not str):
+            return None
+        rate = <double>lr
+        if not (rate >= 0.0 and isfinite(rate)):
+            return None
+        if type(H) is not cnp.ndarray or not _plain(H, 2):
+            return None
+        h = <cnp.ndarray>H
+        m = cnp.PyArray_DIM(h, 0)
+        if (cnp.PyArray_TYPE(h) != tn or cnp.PyArray_DIM(h, 1) != st.d or m < 1
+                or not (mode == "online" or (m == 1 and mode == "batch"))):
+            return None
+        if type(targets) is cnp.ndarray:
+            idx_obj, K = targets, 1
+            if not _plain(idx_obj, 1) or cnp.PyArray_DIM(<cnp.ndarray>idx_obj, 0) != m:
+                return None
+        elif type(targets) is tuple and len(<tuple>targets) == 2:
+            idx_obj, val_obj = (<tuple>targets)[0], (<tuple>targets)[1]
+            if type(idx_obj) is not cnp.ndarray or not _plain(idx_obj, 2) \
+                    or cnp.PyArray_DIM(<cnp.ndarray>idx_obj, 0) != m:
+                return None
+            K = cnp.PyArray_DIM(<cnp.ndarray>idx_obj, 1)
+            if K < 1:
+                return None
+            if val_obj is not None:
+                if (type(val_obj) is not cnp.ndarray or not _plain(val_obj, 2)
+                        or cnp.PyArray_TYPE(<cnp.ndarray>val_obj) != tn
+                        or cnp.PyArray_DIM(<cnp.ndarray>val_obj, 0) != m
+                        or cnp.PyArray_DIM(<cnp.ndarray>val_obj, 1) != K):
+                    return None
+                vals = <cnp.ndarray>val_obj
+        else:
+            return None
+        ix = <cnp.ndarray>idx_obj
+        if not (cnp.PyArray_ISINTEGER(ix) and cnp.PyArray_ISSIGNED(ix)
+                and cnp.PyArray_ITEMSIZE(ix) in (4, 8)):
+            return None
+        # the values: copied (the kernel reads the copies, without the GIL)
+        # and checked as fastsparse._validation does
+        nnz = m * K
+        buf = <char*>malloc((m + 1 + nnz) * sizeof(int64_t) + nnz * item)
+        if buf == NULL:
+            return None
+        try:
+            indptr = <int64_t*>buf
+            indices = indptr + m + 1
+            values = <char*>(indices + nnz)
+            with nogil:
+                if cnp.PyArray_ITEMSIZE(ix) == 8:
+                    ok = _copy_in_range(<const int64_t*>cnp.PyArray_DATA(ix),
+                                        indices, nnz, st.D)
+                else:
+                    ok = _copy_in_range(<const int32_t*>cnp.PyArray_DATA(ix),
+                                        indices, nnz, st.D)
+                for i in range(1, nnz):
+                    ok &= (i % K == 0) | (indices[i - 1] < indices[i])
+                for i in range(m + 1):
+                    indptr[i] = i * K
+                if vals is None:
+                    for i in range(nnz):
+                        if tn == cnp.NPY_FLOAT:
+                            (<float*>values)[i] = 1.0
+                        else:
+                            (<double*>values)[i] = 1.0
+                else:
+                    memcpy(values, cnp.PyArray_DATA(vals), nnz * item)
+                    if tn == cnp.NPY_FLOAT:
+                        ok &= fs_all_finite_s(nnz, <const float*>values)
+                    else:
+                        ok &= fs_all_finite_d(nnz, <const double*>values)
+                if tn == cnp.NPY_FLOAT:
+                    ok &= fs_all_finite_s(m * st.d, <const float*>cnp.PyArray_DATA(h))
+                else:
+                    ok &= fs_all_finite_d(m * st.d, <const double*>cnp.PyArray_DATA(h))
+            if not ok:
+                return None
+            # the checked path's decorator (fastsparse._threads.compute)
+            lock = layer._lock
+            lock.acquire()
+            try:
+                if layer._in_call is not None:
+                    return None
+                layer._in_call = "step"
+                try:
+                    single = layer._single_thread_blas
+                    if single:
+                        self.enter()
+                    try:
+                        return self._run(layer, h, m, K, indptr, indices,
+                                         values, rate)
+                    finally:
+                        if single:
+                            _count_exit()
+                finally:
+                    layer._in_call = None
+            finally:
+                lock.release()
+        finally:
+            free(buf)
+
+    cdef tuple _run(self, layer, cnp.ndarray h, Py_ssize_t m, Py_ssize_t K,
+                    const int64_t* indptr, const int64_t* indices,
+                    const char* values, double rate):
+        """FactoredOutputLayer._step's online loop on checked input."""
+        cdef Arrays st = self.st
+        cdef Control ctl = <Control?>self.health.control(rate, 0.0)
+        cdef Py_ssize_t block = layer._online_block
+        cdef Py_ssize_t start = 0, done, d = st.d
+        cdef size_t item = sizeof(float) if st.typenum == cnp.NPY_FLOAT else sizeof(double)
+        cdef cnp.npy_intp dims[2]
+        cdef int status
+        cdef const char* H = <const char*>cnp.PyArray_DATA(h)
+        cdef char* lo
+        cdef char* go
+        dims[0] = m
+        dims[1] = d
+        loss = cnp.PyArray_EMPTY(1, dims, st.typenum, 0)
+        grad = cnp.PyArray_EMPTY(2, dims, st.typenum, 0)
+        lo = <char*>cnp.PyArray_DATA(<cnp.ndarray>loss)
+        go = <char*>cnp.PyArray_DATA(<cnp.ndarray>grad)
+        while start < m:
+            with nogil:
+                if st.typenum == cnp.NPY_FLOAT:
+                    status = fs_online_s(
+                        st.D, st.d, <float*>st.V, <float*>st.U, <float*>st.Uinv,
+                        <float*>st.M, <float*>st.omega, <float*>st.sv, m - start,
+                        <const float*>(H + start * d * item), indptr,
+                        indices + start * K, <const float*>(values + start * K * item),
+                        &self.spec, block, &ctl.c, <float*>(lo + start * item),
+                        <float*>(go + start * d * item))
+                else:
+                    status = fs_online_d(
+                        st.D, st.d, <double*>st.V, <double*>st.U, <double*>st.Uinv,
+                        <double*>st.M, <double*>st.omega, <double*>st.sv, m - start,
+                        <const double*>(H + start * d * item), indptr,
+                        indices + start * K, <const double*>(values + start * K * item),
+                        &self.spec, block, &ctl.c, <double*>(lo + start * item),
+                        <double*>(go + start * d * item))
+            done = ctl.c.done
+            if rate > 0:
+                self.health.after_examples(self.state, done, ctl)
+            if status != FS_OK and status != FS_CHECK:
+                layer._raise_status(status, start + ctl.c.bad, start + done)
+            start += done
+        return loss, grad
 
 
 def forward(const floating[:, ::1] V, const floating[:, ::1] U,

@@ -10,7 +10,8 @@ from ._base import _CHUNK_ROWS, _COMMON_PARAMS_DOC, OutputLayerBase
 from ._errors import CheckpointError, StepRefusedError
 from ._health import StabilityControl
 from ._state import FactoredState
-from ._threads import compute, locked
+from .losses import Loss
+from ._threads import _enter, compute, locked
 from ._validation import check_bool, check_int, check_real
 
 _S = _core.fs_status
@@ -187,6 +188,19 @@ class FactoredOutputLayer(OutputLayerBase):
         self._st = FactoredState.from_weights(V, track_sum)
         self._params = self.loss.params
         self._health.start(self._st)
+        self._set_lane()
+
+    def _set_lane(self):
+        """The compiled path of step()'s common calls
+        (fastsparse._core.StepLane), for the current state and health
+        control: layers without bias, with a built-in loss that puts no rule
+        on the targets (the z-loss's one target per example is checked by
+        the checked path only)."""
+        loss = self.loss
+        ok = (not self.has_bias and loss.kind is not None and loss.online
+              and type(loss).check_targets is Loss.check_targets)
+        self._lane = (_core.StepLane(self._st, self._health, loss.kind,
+                                     self._params, _enter) if ok else None)
 
     # -------------------------------------------------------------- state
     def _weight_rows(self, rows):
@@ -382,6 +396,7 @@ class FactoredOutputLayer(OutputLayerBase):
         self._params = self.loss.params
         self._health = _health_from_state(path, self.dtype, meta.get("stability"),
                                           self._st)
+        self._set_lane()
         for name, value in (  # absent from files written before they were saved
                 ("online_block", meta.get("online_block", _core.ONLINE_BLOCK)),
                 ("single_thread_blas", meta.get("single_thread_blas", True))):

@@ -135,13 +135,15 @@ def _reentry_error(layer, name):
         "call. Nothing was changed by this call.")
 
 
-def compute(method):
+def compute(method, name=None):
     """Decorator of the layers' compute methods: the layer's lock and, for
     layers whose ``_single_thread_blas`` is true (small d x d calls),
     BLAS limited to one thread for the duration of the call.  A call made
     from inside a call of the same layer by the same thread (the lock is
-    re-entrant), e.g. by a loss callable, raises RuntimeError."""
-    name = method.__name__
+    re-entrant), e.g. by a loss callable, raises RuntimeError naming the
+    public method ``name`` (default: the method's own).
+    fastsparse._core.StepLane does the same for step()'s common calls."""
+    name = name or method.__name__
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
@@ -161,6 +163,11 @@ def compute(method):
                 self._in_call = None
     wrapper._fastsparse_decorator = compute
     return wrapper
+
+
+def compute_named(name):
+    """:func:`compute` for a private method that runs public ``name``."""
+    return functools.partial(compute, name=name)
 
 
 def locked(method):

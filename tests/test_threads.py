@@ -32,18 +32,22 @@ def test_concurrent_calls_on_one_layer_equal_a_sequential_order(mode):
     W0 = np.random.default_rng(0).standard_normal((300, 8))
     layer = FactoredOutputLayer.from_weights(W0)
     order = []
-    real_step = layer._step
+    current = threading.local()
+    real_control = layer._health.control
 
-    def logged_step(H, tg, lr, mode_, wd):   # runs inside the layer's lock
-        order.append(H[0, 0])
-        return real_step(H, tg, lr, mode_, wd)
+    # called once per step inside the layer's lock, by the checked path
+    # (minibatches of 4 here) and by the compiled lane (online calls here)
+    def logged_control(lr, wd):
+        order.append(current.key)
+        return real_control(lr, wd)
 
-    layer._step = logged_step
+    layer._health.control = logged_control
     work = {k: _data(k) for k in range(4)}
 
     def worker(k):
         def run():
             for H, t in work[k]:
+                current.key = H[0, 0]
                 layer.step(H, t, 0.02, mode=mode)
         return run
 
