@@ -9,6 +9,7 @@ loss ids are the C enums, exported here as Python enums (defined once, in
 src_c/fs_loss.h).
 """
 from libc.stdint cimport int32_t, int64_t
+from libc.limits cimport INT_MAX
 from libc.math cimport isfinite
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy
@@ -655,8 +656,8 @@ def batch_step(Arrays st, H, indptr, indices, values, int loss_kind, loss_params
 # ------------------------------------------------------- the common call
 cdef class StepLane:
     """The compiled path of ``FactoredOutputLayer.step`` for its common
-    call: the checked path's validation, lock, thread bookkeeping, online
-    kernel and numerical-health schedule without the interpreter between
+    call: the checked path's validation, lock, thread bookkeeping, kernel
+    and numerical-health schedule without the interpreter between
     them (a call of one example at d = 128 spent about as long in Python as
     in its kernel).
 
@@ -666,12 +667,13 @@ cdef class StepLane:
     layer's dtype, m >= 1; targets an int32/int64 ndarray of shape (m,), or
     a tuple of a C-contiguous (m, K) int32/int64 ndarray with strictly
     increasing rows and None or a C-contiguous (m, K) ndarray of the
-    layer's dtype; lr a float; weight_decay the float 0; mode "online", or
-    "batch" with m = 1 (the same update).  It checks the values with the
+    layer's dtype; lr a float; weight_decay the float 0; mode "online" or
+    "batch".  It checks the values with the
     same compiled passes as fastsparse._validation's fast paths (finite H
     and values, indices in range, copied before the kernel reads them) and
     runs what the checked path runs, in the same order, with the same
-    kernel calls (same results, bit for bit).  For anything else, and when
+    kernel calls (same results, bit for bit): the online kernel (a
+    minibatch of one example included) or the minibatch kernel.  For anything else, and when
     a layer call is already running in this thread, it returns None before
     any change, and the checked path handles the call (and says what is
     wrong)."""
@@ -700,7 +702,7 @@ cdef class StepLane:
         cdef int64_t* indptr
         cdef int64_t* indices
         cdef char* values
-        cdef bint ok, single
+        cdef bint ok, single, batch
         # the arguments' types and shapes: nothing is read or allocated yet
         if (type(lr) is not float or type(weight_decay) is not float
                 or <double>weight_decay != 0.0 or type(mode) is not str):
@@ -713,8 +715,10 @@ cdef class StepLane:
         h = <cnp.ndarray>H
         m = cnp.PyArray_DIM(h, 0)
         if (cnp.PyArray_TYPE(h) != tn or cnp.PyArray_DIM(h, 1) != st.d or m < 1
-                or not (mode == "online" or (m == 1 and mode == "batch"))):
+                or m > INT_MAX or not (mode == "online" or mode == "batch")):
             return None
+        # a minibatch of one example is one online update (the cheaper kernel)
+        batch = m > 1 and mode == "batch"
         if type(targets) is cnp.ndarray:
             idx_obj, K = targets, 1
             if not _plain(idx_obj, 1) or cnp.PyArray_DIM(<cnp.ndarray>idx_obj, 0) != m:
@@ -791,6 +795,9 @@ cdef class StepLane:
                     if single:
                         self.enter()
                     try:
+                        if batch:
+                            return self._batch(layer, h, m, indptr, indices,
+                                               values, rate)
                         return self._run(layer, h, m, K, indptr, indices,
                                          values, rate)
                     finally:
@@ -802,6 +809,42 @@ cdef class StepLane:
                 lock.release()
         finally:
             free(buf)
+
+    cdef tuple _batch(self, layer, cnp.ndarray h, Py_ssize_t m,
+                      const int64_t* indptr, const int64_t* indices,
+                      const char* values, double rate):
+        """FactoredOutputLayer._batch on checked input."""
+        cdef Arrays st = self.st
+        cdef Control ctl = <Control?>self.health.control(rate, 0.0)
+        cdef cnp.npy_intp dims[2]
+        cdef int status
+        cdef const char* H = <const char*>cnp.PyArray_DATA(h)
+        cdef char* lo
+        cdef char* go
+        dims[0] = m
+        dims[1] = st.d
+        loss = cnp.PyArray_EMPTY(1, dims, st.typenum, 0)
+        grad = cnp.PyArray_EMPTY(2, dims, st.typenum, 0)
+        lo = <char*>cnp.PyArray_DATA(<cnp.ndarray>loss)
+        go = <char*>cnp.PyArray_DATA(<cnp.ndarray>grad)
+        with nogil:
+            if st.typenum == cnp.NPY_FLOAT:
+                status = fs_batch_s(
+                    st.D, st.d, <float*>st.V, <float*>st.U, <float*>st.Uinv,
+                    <float*>st.M, <float*>st.omega, <float*>st.sv, <int>m,
+                    <const float*>H, indptr, indices, <const float*>values,
+                    &self.spec, NULL, NULL, NULL, &ctl.c, <float*>lo, <float*>go)
+            else:
+                status = fs_batch_d(
+                    st.D, st.d, <double*>st.V, <double*>st.U, <double*>st.Uinv,
+                    <double*>st.M, <double*>st.omega, <double*>st.sv, <int>m,
+                    <const double*>H, indptr, indices, <const double*>values,
+                    &self.spec, NULL, NULL, NULL, &ctl.c, <double*>lo, <double*>go)
+        if status != FS_OK:
+            layer._raise_status(status, ctl.c.bad, 0)
+        if rate > 0:
+            self.health.after_examples(self.state, m, ctl, 1)
+        return loss, grad
 
     cdef tuple _run(self, layer, cnp.ndarray h, Py_ssize_t m, Py_ssize_t K,
                     const int64_t* indptr, const int64_t* indices,
