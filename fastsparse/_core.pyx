@@ -367,9 +367,7 @@ cdef inline bint _plain(object a, int nd) noexcept:
             and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>a))
 
 
-def finite2d(a, Py_ssize_t n_cols, int typenum):
-    """Whether ``a`` is a C-contiguous 2-D ndarray of type ``typenum``
-    (float32 or float64) with ``n_cols`` columns, all of its entries finite."""
+cdef bint _finite2d(object a, Py_ssize_t n_cols, int typenum):
     cdef cnp.ndarray arr
     cdef Py_ssize_t n
     cdef bint ok
@@ -390,6 +388,12 @@ def finite2d(a, Py_ssize_t n_cols, int typenum):
     return False
 
 
+def finite2d(a, Py_ssize_t n_cols, int typenum):
+    """Whether ``a`` is a C-contiguous 2-D ndarray of type ``typenum``
+    (float32 or float64) with ``n_cols`` columns, all of its entries finite."""
+    return _finite2d(a, n_cols, typenum)
+
+
 def empty_outputs(Py_ssize_t m, Py_ssize_t n_cols, int typenum):
     """(loss, grad): new C-contiguous arrays of shapes (m,) and
     (m, n_cols) of type ``typenum`` (what np.empty gives, without its
@@ -401,46 +405,102 @@ def empty_outputs(Py_ssize_t m, Py_ssize_t n_cols, int typenum):
             cnp.PyArray_EMPTY(2, dims, typenum, 0))
 
 
-def index_copy(a, int64_t n_outputs):
-    """An int64 copy of ``a`` when it is a C-contiguous ndarray (any number
-    of dimensions) of signed 64- or 32-bit integers, all in [0, n_outputs):
-    1-D, of its size.  None otherwise."""
-    cdef cnp.ndarray arr, out
-    cdef cnp.npy_intp n
-    cdef int64_t* o
-    cdef const void* src
+cdef tuple _common_form(object targets, Py_ssize_t m, int typenum):
+    """The shape of targets in one of the common forms of
+    fastsparse._validation.parse_targets: an int32/int64 ndarray of shape
+    (m,) (K = 1, values None), or a tuple of a C-contiguous (m, K)
+    int32/int64 ndarray, K >= 1, and None or a C-contiguous (m, K) ndarray
+    of type ``typenum``.  (indices, values or None, K); None for anything
+    else.  The values are checked by :func:`_common_copy`."""
+    cdef object idx, val = None
+    cdef Py_ssize_t K = 1
+    if type(targets) is cnp.ndarray:
+        idx = targets
+        if not _plain(idx, 1) or cnp.PyArray_DIM(<cnp.ndarray>idx, 0) != m:
+            return None
+    elif type(targets) is tuple and len(<tuple>targets) == 2:
+        idx, val = (<tuple>targets)[0], (<tuple>targets)[1]
+        if (type(idx) is not cnp.ndarray or not _plain(idx, 2)
+                or cnp.PyArray_DIM(<cnp.ndarray>idx, 0) != m):
+            return None
+        K = cnp.PyArray_DIM(<cnp.ndarray>idx, 1)
+        if K < 1:
+            return None
+        if val is not None and (
+                type(val) is not cnp.ndarray or not _plain(val, 2)
+                or cnp.PyArray_TYPE(<cnp.ndarray>val) != typenum
+                or cnp.PyArray_DIM(<cnp.ndarray>val, 0) != m
+                or cnp.PyArray_DIM(<cnp.ndarray>val, 1) != K):
+            return None
+    else:
+        return None
+    if not (cnp.PyArray_ISINTEGER(<cnp.ndarray>idx)
+            and cnp.PyArray_ISSIGNED(<cnp.ndarray>idx)
+            and cnp.PyArray_ITEMSIZE(<cnp.ndarray>idx) in (4, 8)):
+        return None
+    return idx, val, K
+
+
+cdef bint _common_copy(cnp.ndarray idx, object val, Py_ssize_t m, Py_ssize_t K,
+                       int64_t n_outputs, int typenum, int64_t* indptr,
+                       int64_t* indices, char* values):
+    """Targets of :func:`_common_form` as the kernels take them (CSR: m + 1
+    row pointers, m K indices and values, copied: the kernels read the
+    copies without the GIL); whether they are valid: every index in
+    [0, n_outputs), each row strictly increasing (sorted, no duplicate:
+    the canonical form), every value finite (None: ones)."""
+    cdef Py_ssize_t i, nnz = m * K
+    cdef const void* src = cnp.PyArray_DATA(idx)
+    cdef bint wide = cnp.PyArray_ITEMSIZE(idx) == 8, f32 = typenum == cnp.NPY_FLOAT
+    cdef const void* vsrc = NULL if val is None else cnp.PyArray_DATA(<cnp.ndarray>val)
+    cdef size_t item = sizeof(float) if f32 else sizeof(double)
     cdef bint ok
-    if not _plain(a, cnp.PyArray_NDIM(<cnp.ndarray>a) if cnp.PyArray_Check(a) else 1):
-        return None
-    arr = <cnp.ndarray>a
-    if not (cnp.PyArray_ISINTEGER(arr) and cnp.PyArray_ISSIGNED(arr)
-            and cnp.PyArray_ITEMSIZE(arr) in (4, 8)):
-        return None
-    n = cnp.PyArray_SIZE(arr)
-    out = cnp.PyArray_EMPTY(1, &n, cnp.NPY_INT64, 0)
-    o = <int64_t*>cnp.PyArray_DATA(out)
-    src = cnp.PyArray_DATA(arr)
     with nogil:
-        if cnp.PyArray_ITEMSIZE(arr) == 8:
-            ok = _copy_in_range(<const int64_t*>src, o, n, n_outputs)
+        if wide:
+            ok = _copy_in_range(<const int64_t*>src, indices, nnz, n_outputs)
         else:
-            ok = _copy_in_range(<const int32_t*>src, o, n, n_outputs)
-    return out if ok else None
-
-
-def rows_increasing(a, Py_ssize_t K):
-    """Whether each row of K consecutive entries of the int64 array ``a``
-    (from :func:`index_copy`) is strictly increasing (sorted, no duplicate):
-    the canonical form the kernels take."""
-    cdef const int64_t* x = <const int64_t*>_buf(a, cnp.NPY_INT64, 1, False)
-    cdef Py_ssize_t j, n = a.shape[0]
-    cdef bint ok = True
-    if K <= 0:
-        return n == 0
-    with nogil:
-        for j in range(1, n):
-            ok &= (j % K == 0) | (x[j - 1] < x[j])
+            ok = _copy_in_range(<const int32_t*>src, indices, nnz, n_outputs)
+        if K > 1:
+            for i in range(1, nnz):
+                ok &= (i % K == 0) | (indices[i - 1] < indices[i])
+        for i in range(m + 1):
+            indptr[i] = i * K
+        if vsrc == NULL:
+            for i in range(nnz):
+                if f32:
+                    (<float*>values)[i] = 1.0
+                else:
+                    (<double*>values)[i] = 1.0
+        else:
+            memcpy(values, vsrc, nnz * item)
+            if f32:
+                ok &= fs_all_finite_s(nnz, <const float*>values)
+            else:
+                ok &= fs_all_finite_d(nnz, <const double*>values)
     return ok
+
+
+def common_targets(targets, Py_ssize_t m, int64_t n_outputs, int typenum):
+    """(indptr, indices, values) of targets in a common form (see
+    ``_common_form``), checked and copied by ``_common_copy``: new int64,
+    int64 and ``typenum`` arrays.  None for any other form, or anything
+    wrong."""
+    cdef cnp.npy_intp n
+    form = _common_form(targets, m, typenum)
+    if form is None:
+        return None
+    idx, val, K = form
+    n = m + 1
+    indptr = cnp.PyArray_EMPTY(1, &n, cnp.NPY_INT64, 0)
+    n = m * <Py_ssize_t>K
+    indices = cnp.PyArray_EMPTY(1, &n, cnp.NPY_INT64, 0)
+    values = cnp.PyArray_EMPTY(1, &n, typenum, 0)
+    if not _common_copy(idx, val, m, K, n_outputs, typenum,
+                        <int64_t*>cnp.PyArray_DATA(indptr),
+                        <int64_t*>cnp.PyArray_DATA(indices),
+                        <char*>cnp.PyArray_DATA(values)):
+        return None
+    return indptr, indices, values
 
 
 # --------------------------------------------------------------- the steps
@@ -571,6 +631,43 @@ cdef int _inputs_of(Arrays st, H, indptr, indices, values, _inputs* x) except -1
     return 0
 
 
+cdef int _online(Arrays st, Py_ssize_t m, const char* H,
+                 const int64_t* indptr, const int64_t* indices,
+                 const char* values, const fs_loss_spec* spec, Py_ssize_t block,
+                 fs_control* c, char* lo, char* go) noexcept nogil:
+    """fs_online in the state's dtype."""
+    if st.typenum == cnp.NPY_FLOAT:
+        return fs_online_s(st.D, st.d, <float*>st.V, <float*>st.U,
+                           <float*>st.Uinv, <float*>st.M, <float*>st.omega,
+                           <float*>st.sv, m, <const float*>H, indptr, indices,
+                           <const float*>values, spec, block, c, <float*>lo,
+                           <float*>go)
+    return fs_online_d(st.D, st.d, <double*>st.V, <double*>st.U,
+                       <double*>st.Uinv, <double*>st.M, <double*>st.omega,
+                       <double*>st.sv, m, <const double*>H, indptr, indices,
+                       <const double*>values, spec, block, c, <double*>lo,
+                       <double*>go)
+
+
+cdef int _batch(Arrays st, int m, const char* H, const int64_t* indptr,
+                const int64_t* indices, const char* values,
+                const fs_loss_spec* spec, const char* ga, const double* gq,
+                const double* gs, fs_control* c, char* lo,
+                char* go) noexcept nogil:
+    """fs_batch in the state's dtype."""
+    if st.typenum == cnp.NPY_FLOAT:
+        return fs_batch_s(st.D, st.d, <float*>st.V, <float*>st.U,
+                          <float*>st.Uinv, <float*>st.M, <float*>st.omega,
+                          <float*>st.sv, m, <const float*>H, indptr, indices,
+                          <const float*>values, spec, <const float*>ga, gq, gs,
+                          c, <float*>lo, <float*>go)
+    return fs_batch_d(st.D, st.d, <double*>st.V, <double*>st.U,
+                      <double*>st.Uinv, <double*>st.M, <double*>st.omega,
+                      <double*>st.sv, m, <const double*>H, indptr, indices,
+                      <const double*>values, spec, <const double*>ga, gq, gs,
+                      c, <double*>lo, <double*>go)
+
+
 def online_step(Arrays st, H, indptr, indices, values, int loss_kind,
                 loss_params, Py_ssize_t block, Control ctl, loss_out, grad_out):
     """Online mode over the rows of H (fs_online).  Returns the status;
@@ -589,18 +686,8 @@ def online_step(Arrays st, H, indptr, indices, values, int loss_kind,
         c.done = 0
         return FS_OK
     with nogil:
-        if st.typenum == cnp.NPY_FLOAT:
-            status = fs_online_s(st.D, st.d, <float*>st.V, <float*>st.U,
-                                 <float*>st.Uinv, <float*>st.M, <float*>st.omega,
-                                 <float*>st.sv, m, <const float*>x.H, x.indptr,
-                                 x.indices, <const float*>x.values, &spec, block, c,
-                                 <float*>lo, <float*>go)
-        else:
-            status = fs_online_d(st.D, st.d, <double*>st.V, <double*>st.U,
-                                 <double*>st.Uinv, <double*>st.M, <double*>st.omega,
-                                 <double*>st.sv, m, <const double*>x.H, x.indptr,
-                                 x.indices, <const double*>x.values, &spec, block, c,
-                                 <double*>lo, <double*>go)
+        status = _online(st, m, x.H, x.indptr, x.indices, x.values, &spec, block,
+                         c, lo, go)
     return status
 
 
@@ -635,20 +722,8 @@ def batch_step(Arrays st, H, indptr, indices, values, int loss_kind, loss_params
         ga = NULL
         gq = gs = NULL
     with nogil:
-        if st.typenum == cnp.NPY_FLOAT:
-            status = fs_batch_s(st.D, st.d, <float*>st.V, <float*>st.U,
-                                <float*>st.Uinv, <float*>st.M, <float*>st.omega,
-                                <float*>st.sv, <int>m, <const float*>x.H, x.indptr,
-                                x.indices, <const float*>x.values, &spec,
-                                <const float*>ga, gq, gs,
-                                c, <float*>lo if not given else NULL, <float*>go)
-        else:
-            status = fs_batch_d(st.D, st.d, <double*>st.V, <double*>st.U,
-                                <double*>st.Uinv, <double*>st.M, <double*>st.omega,
-                                <double*>st.sv, <int>m, <const double*>x.H, x.indptr,
-                                x.indices, <const double*>x.values, &spec,
-                                <const double*>ga, gq, gs,
-                                c, <double*>lo if not given else NULL, <double*>go)
+        status = _batch(st, <int>m, x.H, x.indptr, x.indices, x.values, &spec,
+                        ga, gq, gs, c, lo if not given else NULL, go)
     return status
 
 
@@ -695,14 +770,14 @@ cdef class StepLane:
         cdef int tn = st.typenum
         cdef size_t item = sizeof(float) if tn == cnp.NPY_FLOAT else sizeof(double)
         cdef double rate
-        cdef Py_ssize_t m, K, nnz, i
-        cdef cnp.ndarray h, ix, vals = None
-        cdef object idx_obj, val_obj
+        cdef Py_ssize_t m, K, nnz
+        cdef cnp.ndarray h
+        cdef tuple form
         cdef char* buf
         cdef int64_t* indptr
         cdef int64_t* indices
         cdef char* values
-        cdef bint ok, single, batch
+        cdef bint single, batch
         # the arguments' types and shapes: nothing is read or allocated yet
         if (type(lr) is not float or type(weight_decay) is not float
                 or <double>weight_decay != 0.0 or type(mode) is not str):
@@ -714,38 +789,16 @@ cdef class StepLane:
             return None
         h = <cnp.ndarray>H
         m = cnp.PyArray_DIM(h, 0)
-        if (cnp.PyArray_TYPE(h) != tn or cnp.PyArray_DIM(h, 1) != st.d or m < 1
-                or m > INT_MAX or not (mode == "online" or mode == "batch")):
+        if m < 1 or m > INT_MAX or not (mode == "online" or mode == "batch"):
             return None
         # a minibatch of one example is one online update (the cheaper kernel)
         batch = m > 1 and mode == "batch"
-        if type(targets) is cnp.ndarray:
-            idx_obj, K = targets, 1
-            if not _plain(idx_obj, 1) or cnp.PyArray_DIM(<cnp.ndarray>idx_obj, 0) != m:
-                return None
-        elif type(targets) is tuple and len(<tuple>targets) == 2:
-            idx_obj, val_obj = (<tuple>targets)[0], (<tuple>targets)[1]
-            if type(idx_obj) is not cnp.ndarray or not _plain(idx_obj, 2) \
-                    or cnp.PyArray_DIM(<cnp.ndarray>idx_obj, 0) != m:
-                return None
-            K = cnp.PyArray_DIM(<cnp.ndarray>idx_obj, 1)
-            if K < 1:
-                return None
-            if val_obj is not None:
-                if (type(val_obj) is not cnp.ndarray or not _plain(val_obj, 2)
-                        or cnp.PyArray_TYPE(<cnp.ndarray>val_obj) != tn
-                        or cnp.PyArray_DIM(<cnp.ndarray>val_obj, 0) != m
-                        or cnp.PyArray_DIM(<cnp.ndarray>val_obj, 1) != K):
-                    return None
-                vals = <cnp.ndarray>val_obj
-        else:
+        form = _common_form(targets, m, tn)
+        # the values, with fastsparse._validation's compiled checks: H
+        # (check_hidden), the targets copied (parse_targets)
+        if form is None or not _finite2d(h, st.d, tn):
             return None
-        ix = <cnp.ndarray>idx_obj
-        if not (cnp.PyArray_ISINTEGER(ix) and cnp.PyArray_ISSIGNED(ix)
-                and cnp.PyArray_ITEMSIZE(ix) in (4, 8)):
-            return None
-        # the values: copied (the kernel reads the copies, without the GIL)
-        # and checked as fastsparse._validation does
+        K = form[2]
         nnz = m * K
         buf = <char*>malloc((m + 1 + nnz) * sizeof(int64_t) + nnz * item)
         if buf == NULL:
@@ -754,34 +807,8 @@ cdef class StepLane:
             indptr = <int64_t*>buf
             indices = indptr + m + 1
             values = <char*>(indices + nnz)
-            with nogil:
-                if cnp.PyArray_ITEMSIZE(ix) == 8:
-                    ok = _copy_in_range(<const int64_t*>cnp.PyArray_DATA(ix),
-                                        indices, nnz, st.D)
-                else:
-                    ok = _copy_in_range(<const int32_t*>cnp.PyArray_DATA(ix),
-                                        indices, nnz, st.D)
-                for i in range(1, nnz):
-                    ok &= (i % K == 0) | (indices[i - 1] < indices[i])
-                for i in range(m + 1):
-                    indptr[i] = i * K
-                if vals is None:
-                    for i in range(nnz):
-                        if tn == cnp.NPY_FLOAT:
-                            (<float*>values)[i] = 1.0
-                        else:
-                            (<double*>values)[i] = 1.0
-                else:
-                    memcpy(values, cnp.PyArray_DATA(vals), nnz * item)
-                    if tn == cnp.NPY_FLOAT:
-                        ok &= fs_all_finite_s(nnz, <const float*>values)
-                    else:
-                        ok &= fs_all_finite_d(nnz, <const double*>values)
-                if tn == cnp.NPY_FLOAT:
-                    ok &= fs_all_finite_s(m * st.d, <const float*>cnp.PyArray_DATA(h))
-                else:
-                    ok &= fs_all_finite_d(m * st.d, <const double*>cnp.PyArray_DATA(h))
-            if not ok:
+            if not _common_copy(form[0], form[1], m, K, st.D, tn, indptr,
+                                indices, values):
                 return None
             # the checked path's decorator (fastsparse._threads.compute)
             lock = layer._lock
@@ -796,8 +823,8 @@ cdef class StepLane:
                         self.enter()
                     try:
                         if batch:
-                            return self._batch(layer, h, m, indptr, indices,
-                                               values, rate)
+                            return self._run_batch(layer, h, m, indptr,
+                                                   indices, values, rate)
                         return self._run(layer, h, m, K, indptr, indices,
                                          values, rate)
                     finally:
@@ -810,7 +837,7 @@ cdef class StepLane:
         finally:
             free(buf)
 
-    cdef tuple _batch(self, layer, cnp.ndarray h, Py_ssize_t m,
+    cdef tuple _run_batch(self, layer, cnp.ndarray h, Py_ssize_t m,
                       const int64_t* indptr, const int64_t* indices,
                       const char* values, double rate):
         """FactoredOutputLayer._batch on checked input."""
@@ -828,18 +855,8 @@ cdef class StepLane:
         lo = <char*>cnp.PyArray_DATA(<cnp.ndarray>loss)
         go = <char*>cnp.PyArray_DATA(<cnp.ndarray>grad)
         with nogil:
-            if st.typenum == cnp.NPY_FLOAT:
-                status = fs_batch_s(
-                    st.D, st.d, <float*>st.V, <float*>st.U, <float*>st.Uinv,
-                    <float*>st.M, <float*>st.omega, <float*>st.sv, <int>m,
-                    <const float*>H, indptr, indices, <const float*>values,
-                    &self.spec, NULL, NULL, NULL, &ctl.c, <float*>lo, <float*>go)
-            else:
-                status = fs_batch_d(
-                    st.D, st.d, <double*>st.V, <double*>st.U, <double*>st.Uinv,
-                    <double*>st.M, <double*>st.omega, <double*>st.sv, <int>m,
-                    <const double*>H, indptr, indices, <const double*>values,
-                    &self.spec, NULL, NULL, NULL, &ctl.c, <double*>lo, <double*>go)
+            status = _batch(st, <int>m, H, indptr, indices, values, &self.spec,
+                            NULL, NULL, NULL, &ctl.c, lo, go)
         if status != FS_OK:
             layer._raise_status(status, ctl.c.bad, 0)
         if rate > 0:
@@ -868,22 +885,10 @@ cdef class StepLane:
         go = <char*>cnp.PyArray_DATA(<cnp.ndarray>grad)
         while start < m:
             with nogil:
-                if st.typenum == cnp.NPY_FLOAT:
-                    status = fs_online_s(
-                        st.D, st.d, <float*>st.V, <float*>st.U, <float*>st.Uinv,
-                        <float*>st.M, <float*>st.omega, <float*>st.sv, m - start,
-                        <const float*>(H + start * d * item), indptr,
-                        indices + start * K, <const float*>(values + start * K * item),
-                        &self.spec, block, &ctl.c, <float*>(lo + start * item),
-                        <float*>(go + start * d * item))
-                else:
-                    status = fs_online_d(
-                        st.D, st.d, <double*>st.V, <double*>st.U, <double*>st.Uinv,
-                        <double*>st.M, <double*>st.omega, <double*>st.sv, m - start,
-                        <const double*>(H + start * d * item), indptr,
-                        indices + start * K, <const double*>(values + start * K * item),
-                        &self.spec, block, &ctl.c, <double*>(lo + start * item),
-                        <double*>(go + start * d * item))
+                status = _online(st, m - start, H + start * d * item, indptr,
+                                 indices + start * K, values + start * K * item,
+                                 &self.spec, block, &ctl.c, lo + start * item,
+                                 go + start * d * item)
             done = ctl.c.done
             if rate > 0:
                 self.health.after_examples(self.state, done, ctl)

@@ -282,73 +282,23 @@ class Targets:
         return self.indices[sl], self.values[sl]
 
 
-def _frozen(a):
-    a.flags.writeable = False
-    return a
-
-
-# shared read-only arrays, handed out as views (no allocation per call)
-_ARANGE = _frozen(np.arange(4097, dtype=np.int64))
-_ONES = {dt: _frozen(np.ones(4096, dtype=dt)) for dt in _FLOAT_DTYPES}
-
-
-# ... and, for the sizes of one-example and small calls, the views
-# themselves (a view is an allocation too)
-_N_VIEWS = 66
-_ARANGE_VIEWS = [_ARANGE[:n] for n in range(_N_VIEWS)]
-_ONES_VIEWS = {dt: [a[:n] for n in range(_N_VIEWS)] for dt, a in _ONES.items()}
-
-
-def _arange(n):
-    """0..n-1 as int64 (a read-only view for small n: no allocation)."""
-    if n < _N_VIEWS:
-        return _ARANGE_VIEWS[n]
-    return _ARANGE[:n] if n <= _ARANGE.size else np.arange(n, dtype=np.int64)
-
-
 def regular_indptr(m, K):
     """The CSR row pointers of m rows of K entries each (K >= 0)."""
     if K == 0:
         return np.zeros(m + 1, dtype=np.int64)
-    return _arange(m + 1) if K == 1 else np.arange(0, m * K + 1, K, dtype=np.int64)
-
-
-def _ones(n, dtype):
-    """n ones of ``dtype`` (a read-only view for small n)."""
-    if n < _N_VIEWS:
-        views = _ONES_VIEWS.get(dtype)
-        if views is not None:
-            return views[n]
-    ones = _ONES.get(dtype)
-    return ones[:n] if ones is not None and n <= ones.size else np.ones(n, dtype=dtype)
+    return np.arange(0, m * K + 1, K, dtype=np.int64)
 
 
 def _fast_targets(targets, m, n_outputs, dtype):
-    """The common target forms, checked in compiled passes: an int64/int32
-    index array of shape (m,), or a tuple of C-contiguous (m, K) int64/int32
-    indices, sorted and distinct in each row, and values (``dtype`` or
-    None).  None for anything else, or anything wrong: the general path
-    then examines it (and says what is wrong)."""
-    if type(targets) is np.ndarray:
-        if targets.shape == (m,):
-            idx = _core.index_copy(targets, n_outputs)
-            if idx is not None:
-                return Targets(_arange(m + 1), idx, _ones(m, dtype))
-        return None
-    if type(targets) is not tuple or len(targets) != 2:
-        return None
-    idx, val = targets
-    if type(idx) is not np.ndarray or idx.ndim != 2 or idx.shape[0] != m:
-        return None
-    K = idx.shape[1]
-    if val is not None and not (type(val) is np.ndarray and val.shape == idx.shape
-                                and _core.finite2d(val, K, dtype.num)):
-        return None
-    flat = _core.index_copy(idx, n_outputs)
-    if flat is None or K == 0 or (K > 1 and not _core.rows_increasing(flat, K)):
-        return None
-    values = _ones(m * K, dtype) if val is None else val.reshape(-1).copy()
-    return Targets(regular_indptr(m, K), flat, values)
+    """The common target forms, checked and copied in compiled passes
+    (fastsparse._core.common_targets, which fastsparse._core.StepLane
+    shares): an int64/int32 index array of shape (m,), or a tuple of
+    C-contiguous (m, K) int64/int32 indices, sorted and distinct in each
+    row, and values (``dtype`` or None).  None for anything else, or
+    anything wrong: the general path then examines it (and says what is
+    wrong)."""
+    parts = _core.common_targets(targets, m, n_outputs, dtype.num)
+    return None if parts is None else Targets(*parts)
 
 
 def parse_targets(targets, m, n_outputs, dtype, names=("targets indices",

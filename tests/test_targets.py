@@ -169,14 +169,28 @@ def test_compiled_checks_directly():
         G[2, 3] = bad
         assert not _core.finite2d(G, 4, f32)
     assert _core.finite2d(np.ones((0, 4), np.float32), 4, f32)
-    assert _core.index_copy(np.array([0, 9]), 10).tolist() == [0, 9]
-    assert _core.index_copy(np.array([[0, 9]], np.int32), 10).tolist() == [0, 9]
-    for bad in (np.array([0, 10]), np.array([-1]), np.array([1], np.uint64),
-                np.array([1], np.int16), np.array([1.0]), np.array([0, 1, 2])[::2]):
-        assert _core.index_copy(bad, 10) is None
-    assert _core.rows_increasing(np.array([1, 2, 0, 5]), 2)
-    assert not _core.rows_increasing(np.array([1, 2, 5, 5]), 2)
-    assert not _core.rows_increasing(np.array([2, 1]), 2)
+    def common(targets, m, n=10):
+        parts = _core.common_targets(targets, m, n, f32)
+        return parts and [p.tolist() for p in parts]
+
+    assert common(np.array([0, 9]), 2) == [[0, 1, 2], [0, 9], [1.0, 1.0]]
+    assert common(np.array([0, 9], np.int32), 2) == [[0, 1, 2], [0, 9], [1.0, 1.0]]
+    for bad in (np.array([0, 10]), np.array([-1, 0]), np.array([1, 2], np.uint64),
+                np.array([1, 2], np.int16), np.array([1.0, 2.0]),
+                np.array([0, 1, 2, 3])[::2], np.array([[0], [1]]), np.array([0])):
+        assert common(bad, 2) is None
+    val = np.array([[0.5, 2.0], [1.0, 3.0]], np.float32)
+    assert common((np.array([[1, 2], [0, 5]]), val), 2) == \
+        [[0, 2, 4], [1, 2, 0, 5], [0.5, 2.0, 1.0, 3.0]]
+    assert common((np.array([[1, 2], [0, 5]], np.int32), None), 2) == \
+        [[0, 2, 4], [1, 2, 0, 5], [1.0] * 4]
+    for bad_idx in ([[1, 2], [5, 5]], [[2, 1], [0, 5]], [[1, 2], [0, 10]]):
+        assert common((np.array(bad_idx), val), 2) is None    # order, range
+    for bad_val in (val.astype(np.float64), val[:, :1], val.T.copy().T[:, ::-1],
+                    np.array([[0.5, np.nan], [1.0, 3.0]], np.float32)):
+        assert common((np.array([[1, 2], [0, 5]]), bad_val), 2) is None
+    assert common((np.zeros((2, 0), np.int64), None), 2) is None   # K = 0
+    assert common([0, 9], 2) is None and common((np.array([[1], [2]]),), 2) is None
 
 
 def test_kernel_entry_refuses_wrong_arrays():
