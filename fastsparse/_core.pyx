@@ -3,8 +3,9 @@
 they are called from), and the BLAS/LAPACK table they use.
 
 The kernels (src_c/fs_kernels.h, docs/algorithm.md) trust their inputs:
-the Python layer validates everything once before calling them.  Every
-entry point releases the GIL for the whole computation.  Status codes and
+the Python layer validates everything once before calling them (for
+step()'s common call, ``StepLane`` here does, with the same compiled
+checks).  Every entry point releases the GIL for the whole computation.  Status codes and
 loss ids are the C enums, exported here as Python enums (defined once, in
 src_c/fs_loss.h).
 """
@@ -368,6 +369,7 @@ cdef inline bint _plain(object a, int nd) noexcept:
 
 
 cdef bint _finite2d(object a, Py_ssize_t n_cols, int typenum):
+    # (finite2d below)
     cdef cnp.ndarray arr
     cdef Py_ssize_t n
     cdef bint ok
@@ -727,31 +729,30 @@ def batch_step(Arrays st, H, indptr, indices, values, int loss_kind, loss_params
     return status
 
 
-
 # ------------------------------------------------------- the common call
 cdef class StepLane:
     """The compiled path of ``FactoredOutputLayer.step`` for its common
     call: the checked path's validation, lock, thread bookkeeping, kernel
-    and numerical-health schedule without the interpreter between
-    them (a call of one example at d = 128 spent about as long in Python as
-    in its kernel).
+    and numerical-health schedule without the interpreter between them (a
+    call of one example at d = 128 spent nearly as long in Python as in its
+    kernel).
 
     A layer has one (``_lane``) when it has no bias and a built-in loss
     that puts no condition on the targets' count.  ``step`` handles a call
     whose arguments are exactly: H a C-contiguous (m, d) ndarray of the
-    layer's dtype, m >= 1; targets an int32/int64 ndarray of shape (m,), or
-    a tuple of a C-contiguous (m, K) int32/int64 ndarray with strictly
-    increasing rows and None or a C-contiguous (m, K) ndarray of the
-    layer's dtype; lr a float; weight_decay the float 0; mode "online" or
-    "batch".  It checks the values with the
-    same compiled passes as fastsparse._validation's fast paths (finite H
-    and values, indices in range, copied before the kernel reads them) and
+    layer's dtype, m >= 1; targets in a common form (``_common_form``: an
+    int32/int64 ndarray of shape (m,), or a tuple of a C-contiguous (m, K)
+    int32/int64 ndarray and None or a C-contiguous (m, K) ndarray of the
+    layer's dtype); lr a float; weight_decay the float 0; mode "online" or
+    "batch".  It checks the values with fastsparse._validation's compiled
+    checks (finite H; ``_common_copy``: indices in range, rows strictly
+    increasing, finite values, copied before the kernel reads them) and
     runs what the checked path runs, in the same order, with the same
     kernel calls (same results, bit for bit): the online kernel (a
-    minibatch of one example included) or the minibatch kernel.  For anything else, and when
-    a layer call is already running in this thread, it returns None before
-    any change, and the checked path handles the call (and says what is
-    wrong)."""
+    minibatch of one example included) or the minibatch kernel.  For
+    anything else, and when a layer call is already running in this
+    thread, it returns None before any change, and the checked path
+    handles the call (and says what is wrong)."""
     cdef object state, health, enter
     cdef Arrays st
     cdef fs_loss_spec spec
