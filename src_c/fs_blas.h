@@ -102,9 +102,13 @@ extern fs_blas_table fs_blas;
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define FS_HAVE_AVX2 1
 #define FS_AVX2_FN __attribute__((target("avx2,fma"), noinline, unused))
+/* AVX2 without FMA: nothing can be contracted, so a loop compiled with it
+ * rounds exactly as its portable copy does */
+#define FS_AVX2_EXACT_FN __attribute__((target("avx2"), noinline, unused))
 #else
 #define FS_HAVE_AVX2 0
 #define FS_AVX2_FN FS_NOINLINE
+#define FS_AVX2_EXACT_FN FS_NOINLINE
 #endif
 /* whether to call the AVX2 loops now (compiled here, and the CPU has them) */
 #define FS_USE_AVX2 (FS_HAVE_AVX2 && fs_blas.avx2)

@@ -8,57 +8,82 @@
 #define F(name) FS_CAT(name, S)
 
 /* ------------------------------------------------------------- helpers */
-/* The three reductions below run over O(m d) and O(D d) data on every
- * step: four independent accumulators (the order is fixed, so results stay
- * deterministic) instead of one dependency chain. */
-static inline double F(fs_dot)(ptrdiff_t n, const T *x, const T *y)
-{
-    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
-    ptrdiff_t c = 0;
-    for (; c + 4 <= n; c += 4) {
-        a0 += (double)x[c] * y[c];
-        a1 += (double)x[c + 1] * y[c + 1];
-        a2 += (double)x[c + 2] * y[c + 2];
-        a3 += (double)x[c + 3] * y[c + 3];
-    }
-    for (; c < n; ++c)
-        a0 += (double)x[c] * y[c];
-    return (a0 + a1) + (a2 + a3);
-}
+/* The reductions below run over O(m d) and O(D d) data on every step: four
+ * independent accumulators (the order is fixed, so results stay
+ * deterministic) instead of one dependency chain.  Each body is compiled
+ * twice: portable (SSE2 in a portable build) and for AVX2 without FMA
+ * (FS_AVX2_EXACT_FN: the same operations in the same order, so the same
+ * bits; the portable build's integer maximum and double conversions were
+ * several times slower), called when the CPU has AVX2 (FS_USE_AVX2). */
+
+/* x . y in double, in eight partial sums */
+#define FS_DOT_BODY                                                           \
+    double a[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};                   \
+    ptrdiff_t c = 0;                                                          \
+    for (; c + 8 <= n; c += 8)                                                \
+        for (int l = 0; l < 8; ++l)                                           \
+            a[l] += (double)x[c + l] * y[c + l];                              \
+    for (; c < n; ++c)                                                        \
+        a[0] += (double)x[c] * y[c];                                          \
+    return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
 
 /* max |x[c]|; NaN if x holds a NaN.  On the bit patterns with the sign
  * cleared: as unsigned integers they order like |x|, with every NaN above
  * Inf; an integer maximum, unlike a floating-point one, the compiler
  * vectorises without -ffast-math. */
-static inline double F(fs_amax)(ptrdiff_t n, const T *x)
-{
-    TU m = 0, b;
-    T r;
-    for (ptrdiff_t c = 0; c < n; ++c) {
-        memcpy(&b, x + c, sizeof b);
-        b &= TU_ABS;
-        m = b > m ? b : m;
-    }
-    if (m > TU_INF)
-        return NAN;
-    memcpy(&r, &m, sizeof r);
+#define FS_AMAX_BODY                                                          \
+    TU m = 0, b;                                                              \
+    T r;                                                                      \
+    for (ptrdiff_t c = 0; c < n; ++c) {                                       \
+        memcpy(&b, x + c, sizeof b);                                          \
+        b &= TU_ABS;                                                          \
+        m = b > m ? b : m;                                                    \
+    }                                                                         \
+    if (m > TU_INF)                                                           \
+        return NAN;                                                           \
+    memcpy(&r, &m, sizeof r);                                                 \
     return r;
+
+/* whether x holds no NaN/Inf: no exponent field all ones */
+#define FS_FINITE_BODY                                                        \
+    TU bad = 0, b;                                                            \
+    for (ptrdiff_t c = 0; c < n; ++c) {                                       \
+        memcpy(&b, x + c, sizeof b);                                          \
+        bad |= (TU)((b & TU_INF) == TU_INF);                                  \
+    }                                                                         \
+    return bad == 0;
+
+static FS_NOINLINE double F(fs_dot_port)(ptrdiff_t n, const T *restrict x,
+                                         const T *restrict y) { FS_DOT_BODY }
+static FS_NOINLINE double F(fs_amax_port)(ptrdiff_t n, const T *restrict x)
+{ FS_AMAX_BODY }
+static FS_NOINLINE int F(fs_finite_port)(ptrdiff_t n, const T *restrict x)
+{ FS_FINITE_BODY }
+#if FS_HAVE_AVX2
+static FS_AVX2_EXACT_FN double F(fs_dot_avx2)(ptrdiff_t n, const T *restrict x,
+                                              const T *restrict y) { FS_DOT_BODY }
+static FS_AVX2_EXACT_FN double F(fs_amax_avx2)(ptrdiff_t n, const T *restrict x)
+{ FS_AMAX_BODY }
+static FS_AVX2_EXACT_FN int F(fs_finite_avx2)(ptrdiff_t n, const T *restrict x)
+{ FS_FINITE_BODY }
+#define FS_PICK(name) (FS_USE_AVX2 ? F(name##_avx2) : F(name##_port))
+#else
+#define FS_PICK(name) F(name##_port)
+#endif
+
+static inline double F(fs_dot)(ptrdiff_t n, const T *x, const T *y)
+{
+    return FS_PICK(fs_dot)(n, x, y);
 }
 
-/* whether x holds no NaN/Inf (a NaN or Inf makes a sum non-finite) */
+static inline double F(fs_amax)(ptrdiff_t n, const T *x)
+{
+    return FS_PICK(fs_amax)(n, x);
+}
+
 static inline int F(fs_finite)(ptrdiff_t n, const T *x)
 {
-    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;
-    ptrdiff_t c = 0;
-    for (; c + 4 <= n; c += 4) {
-        a0 += x[c];
-        a1 += x[c + 1];
-        a2 += x[c + 2];
-        a3 += x[c + 3];
-    }
-    for (; c < n; ++c)
-        a0 += x[c];
-    return isfinite(a0) && isfinite(a1) && isfinite(a2) && isfinite(a3);
+    return FS_PICK(fs_finite)(n, x);
 }
 
 /* the same check for the Python layer's validation (one implementation) */
@@ -612,12 +637,14 @@ int F(fs_online)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
 
 /* ------------------------------------------------- minibatch mode (§2) */
 /* H U^T, (H U^T) M, q, s, omega.h, sv.(U h) and the outputs a at the
- * targets (CSR order) for the m rows of H. */
+ * targets (CSR order) for the m rows of H; vmax (unless NULL): max |V[j]|
+ * of each target row j (CSR order), taken while the row is in cache. */
 static void F(fs_forward_core)(ptrdiff_t D, int d, const T *V, const T *U,
                                const T *M, const T *omega, const T *sv, int m,
                                const T *H, const int64_t *indptr,
                                const int64_t *indices, T *HU, T *HUM, T *a,
-                               double *q, double *s, double *Ho, double *svu)
+                               double *q, double *s, double *Ho, double *svu,
+                               double *vmax)
 {
     /* the target rows are cache misses: their loads overlap the products */
     F(fs_prefetch_rows)(V, d, indices, indptr[m], d);
@@ -635,8 +662,11 @@ static void F(fs_forward_core)(ptrdiff_t D, int d, const T *V, const T *U,
         s[i] = svu[i] + (double)D * Ho[i];
         F(fs_gather_dots)(V, d, indices + indptr[i], indptr[i + 1] - indptr[i],
                            hu, d, a + indptr[i]);
-        for (int64_t p = indptr[i]; p < indptr[i + 1]; ++p)
+        for (int64_t p = indptr[i]; p < indptr[i + 1]; ++p) {
             a[p] += (T)Ho[i];
+            if (vmax != NULL)
+                vmax[p] = F(fs_amax)(d, V + indices[p] * d);
+        }
     }
 }
 
@@ -656,7 +686,7 @@ int F(fs_forward)(ptrdiff_t D, int d, const T *V, const T *U, const T *M,
     }
     F(fs_forward_core)(D, d, V, U, M, omega, sv, m, H, indptr, indices, work,
                        work + (ptrdiff_t)m * d, a_out, q_out, s_out, dwork,
-                       dwork + m);
+                       dwork + m, NULL);
     free(work);
     free(dwork);
     return FS_OK;
@@ -834,14 +864,20 @@ fail:
     return -1;
 }
 
-/* row = (T)(row + cf p), in double (a function of its own, with restrict:
- * vectorised) */
-static FS_NOINLINE void F(fs_add_row)(ptrdiff_t d, double cf,
-                                      const T *restrict p, T *restrict row)
-{
-    for (ptrdiff_t c = 0; c < d; ++c)
+/* row = (T)(row + cf p), in double (functions of their own, with
+ * restrict: vectorised; portable and AVX2 copies as for fs_dot) */
+#define FS_ADD_ROW_BODY                                                       \
+    for (ptrdiff_t c = 0; c < d; ++c)                                         \
         row[c] = (T)((double)row[c] + cf * p[c]);
-}
+static FS_NOINLINE void F(fs_add_row_port)(ptrdiff_t d, double cf,
+                                           const T *restrict p,
+                                           T *restrict row) { FS_ADD_ROW_BODY }
+#if FS_HAVE_AVX2
+static FS_AVX2_EXACT_FN void F(fs_add_row_avx2)(ptrdiff_t d, double cf,
+                                                const T *restrict p,
+                                                T *restrict row) { FS_ADD_ROW_BODY }
+#endif
+#undef FS_ADD_ROW_BODY
 
 /* V[indices[p]] += coef ga[p] P[i] for every target p of every example i,
  * from the targets grouped by row of V (fs_csr_gram_add, fs_groups): the
@@ -858,7 +894,7 @@ static void F(fs_add_rows)(T *V, int d, const fs_groups *g, const T *ga,
         if (g->next[e] < 0) {
             /* a row of one example (the common case): the same sum and
              * rounding in one pass */
-            F(fs_add_row)(d, coef * ga[e], P + g->row[e] * d, row);
+            FS_PICK(fs_add_row)(d, coef * ga[e], P + g->row[e] * d, row);
             continue;
         }
         for (int c = 0; c < d; ++c)
@@ -905,7 +941,8 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
     T *Hx = NULL, *HHe = NULL, *Pe = NULL, *Zt = NULL, *Pf = NULL,
       *Hg = NULL, *YY = NULL, *kx = NULL, *T1 = NULL, *Rf = NULL,
       *HU, *HUM, *R, *Z, *av;
-    double *N = NULL, *Km = NULL, *Zd = NULL, *dw;
+    double *N = NULL, *Km = NULL, *Ki = NULL, *Ped = NULL, *Pfd = NULL,
+           *zn = NULL, *vmax = NULL, *dw;
     double *acc = NULL;
     int64_t *gw = NULL;     /* the targets grouped by row of V */
     int *ipiv = NULL;
@@ -916,6 +953,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
         if (update) {
             N = FS_TAKE(&wa, (ptrdiff_t)pmax * d, double);
             HHe = FS_TAKE(&wa, (ptrdiff_t)(m + pmax) * (m + pmax), T);
+            vmax = FS_TAKE(&wa, nnz + 1, double);
         }
         HU = FS_TAKE(&wa, ed, T);                       /* (m + k) x d */
         HUM = FS_TAKE(&wa, md, T);
@@ -928,7 +966,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
            *gs = gq + m, *ysum = gs + m, *dv = ysum + m, *E = dv + m + pmax;
 
     F(fs_forward_core)(D, d, V, U, M, omega, sv, m, H, indptr, indices, HU,
-                       HUM, a, q, s, Ho, svu);
+                       HUM, a, q, s, Ho, svu, vmax);
     if (ga_in == NULL) {
         for (int i = 0; i < m; ++i) {
             double L;
@@ -1008,7 +1046,10 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
             goto out;
         }
         Km = FS_TAKE(&wb, (ptrdiff_t)me * me, double);
-        Zd = FS_TAKE(&wb, (ptrdiff_t)me * (d > k ? d : k), double);
+        Ki = FS_TAKE(&wb, (ptrdiff_t)me * me, double);
+        Ped = FS_TAKE(&wb, med, double);
+        Pfd = FS_TAKE(&wb, med, double);
+        zn = FS_TAKE(&wb, me, double);
         ipiv = FS_TAKE(&wb, me, int);
         Pe = FS_TAKE(&wb, med, T);
         Zt = FS_TAKE(&wb, med, T);
@@ -1034,27 +1075,38 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
         for (int j = 0; j < k; ++j)
             dv[m + j] = -E[j];      /* A_mod = A + N^T diag(E) N */
     }
-    /* Km = I - diag(dv) HHe, LU; this small system in double (its rounding
-     * in T costs the target rows' updates several ulps, measured) */
+    /* K = I - diag(dv) HHe (§2) and the inverse of its transpose, in double
+     * (its rounding in T costs the target rows' updates several ulps,
+     * measured).  K^{-T} Pe is Hext Uinv' and diag(dv) K^{-T} = K^{-1}
+     * diag(dv) (HHe is symmetric), so that
+     *   Pf = K^{-T} Pe = Hext Uinv',   Zt = diag(dv) Pf,
+     *   Uinv' = Uinv + Hext^T Zt:
+     * one product with K^{-T} gives both (§2). */
     for (int i = 0; i < me; ++i) {
-        for (int j = 0; j < me; ++j)
+        for (int j = 0; j < me; ++j) {
             Km[(ptrdiff_t)i * me + j] = -dv[i] * (double)HHe[(ptrdiff_t)i * me + j];
+            Ki[(ptrdiff_t)i * me + j] = 0.0;
+        }
         Km[(ptrdiff_t)i * me + i] += 1.0;
+        Ki[(ptrdiff_t)i * me + i] = 1.0;
     }
     if (fs_getrf_d(me, Km, me, ipiv) != 0) {
         status = FS_SINGULAR;
         goto out;
     }
-    /* Pe = Hext Uinv ; Zt = (Km^{-1} diag(dv) Pe)^T ; Pf = Hext Uinv' */
+    /* row i of Ki <- K^{-1} e_i: Ki is K^{-T} (row-major) */
+    fs_getrs_d(me, me, Km, me, ipiv, Ki, me);
+    /* Pe = Hext Uinv ; Pf = K^{-T} Pe ; Zt = diag(dv) Pf */
     F(fs_gemm)(0, 0, me, d, d, 1, Hx, d, Uinv, d, 0, Pe, d);
-    for (int c = 0; c < d; ++c)
-        for (int i = 0; i < me; ++i)
-            Zd[(ptrdiff_t)c * me + i] = dv[i] * (double)Pe[(ptrdiff_t)i * d + c];
-    fs_getrs_d(me, d, Km, me, ipiv, Zd, me);
     for (ptrdiff_t c = 0; c < (ptrdiff_t)me * d; ++c)
-        Zt[c] = (T)Zd[c];
-    memcpy(Pf, Pe, (size_t)me * d * sizeof(T));
-    F(fs_gemm)(0, 1, me, d, me, 1, HHe, me, Zt, me, 1, Pf, d);
+        Ped[c] = Pe[c];
+    fs_gemm_d(0, 0, me, d, me, 1.0, Ki, me, Ped, d, 0.0, Pfd, d);
+    for (int i = 0; i < me; ++i)
+        for (int c = 0; c < d; ++c) {
+            const double x = Pfd[(ptrdiff_t)i * d + c];
+            Pf[(ptrdiff_t)i * d + c] = (T)x;
+            Zt[(ptrdiff_t)i * d + c] = (T)(dv[i] * x);
+        }
     /* Hg = diag(dv) Hext */
     for (int i = 0; i < me; ++i)
         for (int c = 0; c < d; ++c)
@@ -1066,7 +1118,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
          * which the target rows' updates and the split's transformation
          * follow (measured: a step's error on a row that many examples of a
          * minibatch share, 6 -> 2 ulps).  Rf <- Hext - Pf U',
-         * U' = U - HU^T Hg; Pf += Rf Uinv', Uinv' = Uinv + Hext^T Zt^T. */
+         * U' = U - HU^T Hg; Pf += Rf Uinv', Uinv' = Uinv + Hext^T Zt. */
         F(fs_gemm)(0, 0, me, d, d, 1, Pf, d, U, d, 0, Rf, d);
         F(fs_gemm)(0, 1, me, me, d, 1, Pf, d, HU, d, 0, T1, me);
         F(fs_gemm)(0, 0, me, d, me, -1, T1, me, Hg, d, 1, Rf, d);
@@ -1074,7 +1126,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
             Rf[c] = Hx[c] - Rf[c];
         F(fs_gemm)(0, 0, me, d, d, 1, Rf, d, Uinv, d, 1, Pf, d);
         F(fs_gemm)(0, 1, me, me, d, 1, Rf, d, Hx, d, 0, T1, me);
-        F(fs_gemm)(0, 1, me, d, me, 1, T1, me, Zt, me, 1, Pf, d);
+        F(fs_gemm)(0, 0, me, d, me, 1, T1, me, Zt, d, 1, Pf, d);
     }
     /* C = I + P1^T diag(gam) P2 with P1 = N U^T, P2 = N U'^{-1} (the last k
      * rows of Pf), gam = -E: V C U' = V U A exactly (§4.2) */
@@ -1116,26 +1168,24 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
     }
 
     /* ---- checks: everything the update writes is finite and in range
-     * (§6); nothing has been written yet */
+     * (§6); nothing has been written yet.  The target rows, cache misses
+     * since the forward pass, load meanwhile for their update. */
+    F(fs_prefetch_rows)(V, d, indices, nnz, d);
     {
         double bu = sqrt(ctl->smax2), bi = sqrt(ctl->sinv2), cn = 1.0,
                pn = 0.0, rn = 0.0, pmx = 0.0;
-        int ok = F(fs_finite)(me * d, Zt) && F(fs_finite)(me * d, Pf)
-                 && F(fs_finite)(me * d, HU) && F(fs_finite)(md, R)
-                 && F(fs_finite)(me * d, Hg) && (k == 0 || F(fs_finite)(k * d, P2));
-        /* the squared norms of Zt's columns, row by row (contiguous) */
+        /* finite: a NaN or Inf in Zt, HU, Hg (their rows' norms in bu, bi),
+         * P (pn), R (rn) or P2 (cn) makes a bound below NaN or Inf, and the
+         * comparison with lim false (a product of an Inf with a zero norm
+         * is NaN) */
+        int ok = 1;
         for (int i = 0; i < me; ++i)
-            Zd[i] = 0.0;
-        for (int c = 0; c < d; ++c) {
-            const T *zc = Zt + (ptrdiff_t)c * me;
-            for (int i = 0; i < me; ++i)
-                Zd[i] += (double)zc[i] * zc[i];
-        }
+            zn[i] = F(fs_dot)(d, Zt + (ptrdiff_t)i * d, Zt + (ptrdiff_t)i * d);
         for (int i = 0; ok && i < me; ++i) {
             const T *hg = Hg + (ptrdiff_t)i * d, *hu = HU + (ptrdiff_t)i * d,
                     *hx = Hx + (ptrdiff_t)i * d;
             bu += sqrt(F(fs_dot)(d, hu, hu) * F(fs_dot)(d, hg, hg));
-            bi += sqrt(F(fs_dot)(d, hx, hx) * Zd[i]);
+            bi += sqrt(F(fs_dot)(d, hx, hx) * zn[i]);
         }
         for (int j = 0; j < k; ++j)
             cn += fabs((double)gam[j]) * sqrt(F(fs_dot)(d, P1 + (ptrdiff_t)j * d,
@@ -1154,7 +1204,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
                  && sqrt(fabs(trM)) * cn <= lim;
             for (int i = 0; ok && i < m; ++i)
                 for (int64_t p = indptr[i]; ok && p < indptr[i + 1]; ++p)
-                    ok = F(fs_amax)(d, V + indices[p] * d) * cn
+                    ok = vmax[p] * cn
                          + fabs(lr * ga[p]) * pmx <= lim;
             if (ok && keep_s) {
                 double ys = 0.0, os = 0.0;
@@ -1189,21 +1239,21 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
                     sv[c] += f * P2[(ptrdiff_t)j * d + c];
             }
     }
+    /* V' = V - lr Ydot^T P (its rows prefetched by the checks): the terms
+     * of the examples that share a row are summed in double and rounded
+     * into V once, as a dense update would */
+    {
+        const fs_groups g = fs_groups_in(gw, nnz);
+        F(fs_add_rows)(V, d, &g, ga, -lr, P, acc);
+    }
     {   /* the cond bound (§5), before Uinv changes: ||Uinv'|| <= ||Uinv|| /
          * lam_lo, and, when every factor is at most 1, the Frobenius growth
-         * of Uinv, <Pe + Pf, Zt^T>, bounds the growth of its square: the
+         * of Uinv, <Pe + Pf, Zt>, bounds the growth of its square: the
          * smaller of the two */
         const double by_factor = ctl->sinv2 / (lam_lo * lam_lo);
         if (lam_hi <= 1.0) {
-            double dF = 0.0;
-            /* Pe + Pf is overwritten in Pe (no longer needed) */
-            for (ptrdiff_t c = 0; c < (ptrdiff_t)me * d; ++c)
-                Pe[c] += Pf[c];
-            for (int c = 0; c < d; ++c) {
-                const T *zc = Zt + (ptrdiff_t)c * me;
-                for (int i = 0; i < me; ++i)
-                    dF += (double)Pe[(ptrdiff_t)i * d + c] * zc[i];
-            }
+            double dF = F(fs_dot)((ptrdiff_t)me * d, Pe, Zt)
+                        + F(fs_dot)((ptrdiff_t)me * d, Pf, Zt);
             dF = ctl->sinv2 + (dF > 0 ? dF : 0.0);
             ctl->sinv2 = dF < by_factor ? dF : by_factor;
         } else {
@@ -1213,15 +1263,9 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
         ctl->smax2 *= rho * rho;
         ctl->sinv2 /= rho * rho;
     }
-    /* U' = U - (U Hext^T) diag(dv) Hext ; Uinv' = Uinv + Hext^T Zt^T */
+    /* U' = U - (U Hext^T) diag(dv) Hext ; Uinv' = Uinv + Hext^T Zt */
     F(fs_gemm)(1, 0, d, d, me, -1, HU, d, Hg, d, 1, U, d);
-    F(fs_gemm)(1, 1, d, d, me, 1, Hx, d, Zt, me, 1, Uinv, d);
-    /* V' = V - lr Ydot^T P: the terms of the examples that share a row are
-     * summed in double and rounded into V once, as a dense update would */
-    {
-        const fs_groups g = fs_groups_in(gw, nnz);
-        F(fs_add_rows)(V, d, &g, ga, -lr, P, acc);
-    }
+    F(fs_gemm)(1, 0, d, d, me, 1, Hx, d, Zt, d, 1, Uinv, d);
     /* M' = M + dV^T V + V^T dV + dV^T dV,  dV = -lr Ydot^T P */
     F(fs_syr2k_upper_trans)(d, m, (T)(-lr), P, d, R, d, 1, M, d);
     if (keep_s) {
@@ -1252,6 +1296,10 @@ out:
     return status;
 }
 
+#undef FS_PICK
+#undef FS_DOT_BODY
+#undef FS_AMAX_BODY
+#undef FS_FINITE_BODY
 #undef F
 #undef FS_CAT
 #undef FS_CAT_

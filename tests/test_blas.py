@@ -159,3 +159,79 @@ def test_lowrank_rows(rng, dtype, k):
     expected = V @ (np.eye(7) + P.T @ np.diag(g) @ Q)
     assert _core.lowrank_rows(V, P, Q, g) == 0
     assert_close(V, expected, dtype)
+
+
+# --- the portable and AVX2 copies of the kernels' reductions ----------------
+# (src_c/fs_kernels_impl.h: fs_dot, fs_amax, fs_finite, fs_add_row are
+# compiled twice, the AVX2 copy without FMA; they must give the same bits)
+
+def _avx2_or_skip():
+    if not _core._own_avx2():
+        pytest.skip("this CPU has no AVX2 + FMA")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 7, 8, 13, 64, 1003])
+def test_finite_check_both_copies(dtype, n):
+    """NaN, +Inf and -Inf found at every position (the vector body and the
+    tail), and the largest finite values (two of them overflowed the sum
+    the check once took in float64) accepted, by both copies."""
+    _avx2_or_skip()
+    typenum = np.dtype(dtype).num
+    big = np.full((1, n), np.finfo(dtype).max, dtype=dtype)
+    big[0, ::2] *= -1
+    old = _core._own_avx2()
+    try:
+        for flag in (False, True):
+            _core._own_avx2(flag)
+            assert _core.finite2d(big, n, typenum)
+            assert _core.finite2d(np.zeros((1, n), dtype), n, typenum)
+            for pos in sorted({0, n // 2, n - 1}):
+                for bad in (np.nan, np.inf, -np.inf):
+                    a = np.ones((1, n), dtype=dtype)
+                    a[0, pos] = bad
+                    assert not _core.finite2d(a, n, typenum), (flag, pos, bad)
+    finally:
+        _core._own_avx2(old)
+
+
+def _minibatches(dtype, loss, flag, d):
+    from fastsparse import FactoredOutputLayer
+    rng = np.random.default_rng(3)
+    D, m = 300, 24
+    W0 = (0.3 * rng.standard_normal((D, d))).astype(np.float32)
+    old = _core._own_avx2(flag)
+    try:
+        layer = FactoredOutputLayer.from_weights(W0, dtype=dtype, loss=loss,
+                                                 stability={"check_every": 3})
+        out = []
+        for _ in range(6):
+            H = (0.3 * rng.standard_normal((m, d))).astype(dtype)
+            idx = np.sort(rng.choice(40, size=(m, 3)), axis=1)   # shared rows
+            idx[:, 1] += 40
+            idx[:, 2] += 80
+            val = (0.5 + rng.random((m, 3))).astype(dtype)
+            out.extend(layer.step(H, (idx, val), 0.01, mode="batch"))
+    finally:
+        _core._own_avx2(old)
+    st = layer._st
+    health = layer.health()
+    del health["control_seconds"]
+    return out + [st.V, st.U, st.Uinv, st.M, st.omega, st.sv], health
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("loss", ["squared", "spherical_softmax"])
+@pytest.mark.parametrize("d", [13, 40])
+def test_minibatch_steps_same_bits_with_both_copies(dtype, loss, d):
+    """Minibatch steps (no near-singular split: its rank-one product takes
+    the FMA loops) with the reductions' portable and AVX2 copies: the same
+    losses, gradients and state, bit for bit, and the same health record;
+    d = 13 puts every reduction's tail to use."""
+    _avx2_or_skip()
+    a, ha = _minibatches(dtype, loss, False, d)
+    b, hb = _minibatches(dtype, loss, True, d)
+    assert ha["n_near_singular_updates"] == 0
+    assert ha == hb
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y)
