@@ -636,6 +636,9 @@ int F(fs_online)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
 }
 
 /* ------------------------------------------------- minibatch mode (§2) */
+/* the largest ||K^{-T} - I||_inf whose product with H Uinv is taken in T */
+#define FS_SMALL_STEP 0.0625
+
 /* H U^T, (H U^T) M, q, s, omega.h, sv.(U h) and the outputs a at the
  * targets (CSR order) for the m rows of H; vmax (unless NULL): max |V[j]|
  * of each target row j (CSR order), taken while the row is in cache. */
@@ -1047,8 +1050,10 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
         }
         Km = FS_TAKE(&wb, (ptrdiff_t)me * me, double);
         Ki = FS_TAKE(&wb, (ptrdiff_t)me * me, double);
-        Ped = FS_TAKE(&wb, med, double);
-        Pfd = FS_TAKE(&wb, med, double);
+        if (sizeof(T) != sizeof(double)) {     /* large steps, below */
+            Ped = FS_TAKE(&wb, med, double);
+            Pfd = FS_TAKE(&wb, med, double);
+        }
         zn = FS_TAKE(&wb, me, double);
         ipiv = FS_TAKE(&wb, me, int);
         Pe = FS_TAKE(&wb, med, T);
@@ -1096,17 +1101,43 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
     }
     /* row i of Ki <- K^{-1} e_i: Ki is K^{-T} (row-major) */
     fs_getrs_d(me, me, Km, me, ipiv, Ki, me);
-    /* Pe = Hext Uinv ; Pf = K^{-T} Pe ; Zt = diag(dv) Pf */
+    /* Pe = Hext Uinv ; Pf = K^{-T} Pe ; Zt = diag(dv) Pf.  With
+     * X = K^{-T} - I, Pf = Pe + X Pe: besides Pf's own rounding, the product
+     * in T adds at most about me eps ||X||_inf |Pe|, which is below it when
+     * the step is small (||X||_inf <= FS_SMALL_STEP, the common case); a
+     * larger step takes the product with K^{-T} in double (float32), as
+     * precise (float64: the split form is the more precise of the two). */
     F(fs_gemm)(0, 0, me, d, d, 1, Hx, d, Uinv, d, 0, Pe, d);
-    for (ptrdiff_t c = 0; c < (ptrdiff_t)me * d; ++c)
-        Ped[c] = Pe[c];
-    fs_gemm_d(0, 0, me, d, me, 1.0, Ki, me, Ped, d, 0.0, Pfd, d);
-    for (int i = 0; i < me; ++i)
-        for (int c = 0; c < d; ++c) {
-            const double x = Pfd[(ptrdiff_t)i * d + c];
-            Pf[(ptrdiff_t)i * d + c] = (T)x;
-            Zt[(ptrdiff_t)i * d + c] = (T)(dv[i] * x);
+    {
+        double xn = 0.0;
+        for (int i = 0; i < me; ++i) {
+            double r = 0.0;
+            for (int j = 0; j < me; ++j)
+                r += fabs(Ki[(ptrdiff_t)i * me + j] - (i == j));
+            xn = r > xn ? r : xn;
         }
+        if (sizeof(T) == sizeof(double) || xn <= FS_SMALL_STEP) {
+            T *X = (T *)Km;     /* (the LU is no longer needed) */
+            for (int i = 0; i < me; ++i)
+                for (int j = 0; j < me; ++j)
+                    X[(ptrdiff_t)i * me + j] = (T)(Ki[(ptrdiff_t)i * me + j] - (i == j));
+            memcpy(Pf, Pe, (size_t)me * d * sizeof(T));
+            F(fs_gemm)(0, 0, me, d, me, 1, X, me, Pe, d, 1, Pf, d);
+            for (int i = 0; i < me; ++i)
+                for (int c = 0; c < d; ++c)
+                    Zt[(ptrdiff_t)i * d + c] = (T)(dv[i] * (double)Pf[(ptrdiff_t)i * d + c]);
+        } else {
+            for (ptrdiff_t c = 0; c < (ptrdiff_t)me * d; ++c)
+                Ped[c] = Pe[c];
+            fs_gemm_d(0, 0, me, d, me, 1.0, Ki, me, Ped, d, 0.0, Pfd, d);
+            for (int i = 0; i < me; ++i)
+                for (int c = 0; c < d; ++c) {
+                    const double x = Pfd[(ptrdiff_t)i * d + c];
+                    Pf[(ptrdiff_t)i * d + c] = (T)x;
+                    Zt[(ptrdiff_t)i * d + c] = (T)(dv[i] * x);
+                }
+        }
+    }
     /* Hg = diag(dv) Hext */
     for (int i = 0; i < me; ++i)
         for (int c = 0; c < d; ++c)
