@@ -636,6 +636,20 @@ int F(fs_online)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
 }
 
 /* ------------------------------------------------- minibatch mode (§2) */
+/* B (c x r) = A^T, A r x c, row-major, in tiles that stay in cache */
+static void F(fs_transpose)(int r, int c, const T *restrict A, T *restrict B)
+{
+    enum { TILE = 16 };
+    for (int i0 = 0; i0 < r; i0 += TILE)
+        for (int j0 = 0; j0 < c; j0 += TILE) {
+            const int i1 = i0 + TILE < r ? i0 + TILE : r;
+            const int j1 = j0 + TILE < c ? j0 + TILE : c;
+            for (int j = j0; j < j1; ++j)
+                for (int i = i0; i < i1; ++i)
+                    B[(ptrdiff_t)j * r + i] = A[(ptrdiff_t)i * c + j];
+        }
+}
+
 /* the largest ||K^{-T} - I||_inf whose product with H Uinv is taken in T */
 #define FS_SMALL_STEP 0.0625
 
@@ -651,7 +665,17 @@ static void F(fs_forward_core)(ptrdiff_t D, int d, const T *V, const T *U,
 {
     /* the target rows are cache misses: their loads overlap the products */
     F(fs_prefetch_rows)(V, d, indices, indptr[m], d);
-    F(fs_gemm)(0, 1, m, d, d, 1, H, d, U, d, 0, HU, d);
+    /* HU = (U H^T)^T: OpenBLAS computes U H^T (U not transposed, as the
+     * operand it packs second) faster than H U^T (measured at m = 32,
+     * d = 128: 15.8 against 22.0 us; m = 128, d = 512: 0.76 against 0.84
+     * ms); the d x m result goes through HUM's space.  (A few rows: the
+     * BLAS-2 routines, through the wrapper.) */
+    if (m >= 4) {
+        F(fs_gemm)(0, 1, d, m, d, 1, U, d, H, d, 0, HUM, m);
+        F(fs_transpose)(d, m, HUM, HU);
+    } else {
+        F(fs_gemm)(0, 1, m, d, d, 1, H, d, U, d, 0, HU, d);
+    }
     F(fs_symm_right_upper)(m, d, 1, M, d, HU, d, 0, HUM, d);
     for (int i = 0; i < m; ++i) {
         const T *hu = HU + (ptrdiff_t)i * d;
