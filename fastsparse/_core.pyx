@@ -86,6 +86,8 @@ cdef extern from "fs_kernels.h" nogil:
         void* dsymv
         void* ssyr2k
         void* dsyr2k
+        void* ssyrk
+        void* dsyrk
         void* sgetrf
         void* dgetrf
         void* sgetrs
@@ -156,6 +158,8 @@ cdef extern from "fs_kernels.h" nogil:
                                 const float*, int, float, float*, int)
     void fs_syr2k_upper_trans_d(int, int, double, const double*, int,
                                 const double*, int, double, double*, int)
+    void fs_gram_rows_s(int, int, const float*, int, float*, int)
+    void fs_gram_rows_d(int, int, const double*, int, double*, int)
     int fs_getrf_s(int, float*, int, int*)
     int fs_getrf_d(int, double*, int, int*)
     int fs_getrs_s(int, int, const float*, int, const int*, float*, int)
@@ -174,6 +178,8 @@ fs_blas.ssymv = <void*>cb.ssymv
 fs_blas.dsymv = <void*>cb.dsymv
 fs_blas.ssyr2k = <void*>cb.ssyr2k
 fs_blas.dsyr2k = <void*>cb.dsyr2k
+fs_blas.ssyrk = <void*>cb.ssyrk
+fs_blas.dsyrk = <void*>cb.dsyrk
 fs_blas.sgetrf = <void*>cl.sgetrf
 fs_blas.dgetrf = <void*>cl.dgetrf
 fs_blas.sgetrs = <void*>cl.sgetrs
@@ -1074,6 +1080,15 @@ def _py_syr2k_upper_trans(double alpha, const floating[:, ::1] A,
     else:
         fs_syr2k_upper_trans_d(n, k, alpha, &A[0, 0], n, &B[0, 0], n, beta,
                                &C[0, 0], n)
+
+
+def _py_gram_rows(const floating[:, ::1] A, floating[:, ::1] C):
+    """C = A A^T (both triangles)."""
+    cdef int n = <int>A.shape[0], k = <int>A.shape[1]
+    if floating is float:
+        fs_gram_rows_s(n, k, &A[0, 0], k, &C[0, 0], n)
+    else:
+        fs_gram_rows_d(n, k, &A[0, 0], k, &C[0, 0], n)
 
 
 def _py_lu_solve(floating[:, ::1] A, floating[:, ::1] B):

@@ -37,6 +37,9 @@ typedef void fs_##S##symv_t(const char *uplo, const int *n, const T *alpha,    \
 typedef void fs_##S##syr2k_t(const char *uplo, const char *t, const int *n,    \
     const int *k, const T *alpha, const T *A, const int *lda, const T *B,      \
     const int *ldb, const T *beta, T *C, const int *ldc);                      \
+typedef void fs_##S##syrk_t(const char *uplo, const char *t, const int *n,     \
+    const int *k, const T *alpha, const T *A, const int *lda, const T *beta,   \
+    T *C, const int *ldc);                                                     \
 typedef void fs_##S##getrf_t(const int *m, const int *n, T *A, const int *lda, \
     int *ipiv, int *info);                                                     \
 typedef void fs_##S##getrs_t(const char *t, const int *n, const int *nrhs,     \
@@ -64,6 +67,7 @@ typedef struct {
     fs_ssymm_t *ssymm;   fs_dsymm_t *dsymm;
     fs_ssymv_t *ssymv;   fs_dsymv_t *dsymv;
     fs_ssyr2k_t *ssyr2k; fs_dsyr2k_t *dsyr2k;
+    fs_ssyrk_t *ssyrk;   fs_dsyrk_t *dsyrk;
     fs_sgetrf_t *sgetrf; fs_dgetrf_t *dgetrf;
     fs_sgetrs_t *sgetrs; fs_dgetrs_t *dgetrs;
     fs_dsyev_t *dsyev;   fs_dgeqrf_t *dgeqrf; fs_dorgqr_t *dorgqr;
@@ -317,6 +321,24 @@ static inline void fs_syr2k_upper_trans_##S(int n, int k, T alpha,            \
         fs_blas.S##syr2k(&uplo, &t, &n, &k, &alpha, A, &lda, B, &ldb, &beta,  \
                          C, &ldc);                                            \
     }                                                                         \
+}                                                                             \
+/* C (n x n, both triangles) = A A^T, A n x k: the Gram matrix of A's rows   \
+ * (BLAS syrk computes one triangle, half a product's work; then mirrored) */ \
+static inline void fs_gram_rows_##S(int n, int k, const T *A, int lda, T *C,  \
+                                    int ldc)                                  \
+{                                                                             \
+    if ((ptrdiff_t)n * n * k <= FS_SMALL || n == 1) {                         \
+        fs_gemm_##S(0, 1, n, n, k, (T)1, A, lda, A, lda, (T)0, C, ldc);       \
+        return;                                                               \
+    }                                                                         \
+    {   /* column-major: A^T is k x n; C^T's lower triangle is C's upper */   \
+        const char uplo = 'L', t = 'T';                                       \
+        const T one = 1, zero = 0;                                            \
+        fs_blas.S##syrk(&uplo, &t, &n, &k, &one, A, &lda, &zero, C, &ldc);    \
+    }                                                                         \
+    for (int i = 1; i < n; ++i)                                               \
+        for (int j = 0; j < i; ++j)                                           \
+            C[(ptrdiff_t)i * ldc + j] = C[(ptrdiff_t)j * ldc + i];            \
 }                                                                             \
 /* LU of the n x n row-major A in place (the factors of its column-major     \
  * view A^T); returns LAPACK's info */                                        \

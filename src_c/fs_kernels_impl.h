@@ -1055,7 +1055,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
      * near-singular directions (§4.2) */
     for (int i = 0; i < m; ++i)
         dv[i] = 2.0 * lr * gq[i];
-    F(fs_gemm)(0, 1, m, m, d, 1, H, d, H, d, 0, HHe, m);
+    F(fs_gram_rows)(m, d, H, d, HHe, m);
     double lam_lo, lam_hi, min_abs;
     k = F(fs_spectrum)(m, d, H, HHe, dv, ctl->split, N, E, &lam_lo, &lam_hi,
                        &min_abs);

@@ -106,6 +106,19 @@ def test_syr2k_upper_trans(rng, dtype, k, beta, s, level2):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,k", [(1, 3), (4, 6), (5, 1), (6, 4)])
+@pytest.mark.parametrize("s", SCALES)
+def test_gram_rows(rng, dtype, n, k, s):
+    """Both triangles of A A^T (BLAS syrk fills one, the other mirrored);
+    C's previous content (NaN) is not read."""
+    A = _rand(rng, (n * s, k * s), dtype)
+    C = np.full((n * s, n * s), np.nan, dtype)
+    _core._py_gram_rows(A, C)
+    assert_close(C, A @ A.T, dtype)
+    assert np.array_equal(C, C.T)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("s", SCALES)
 def test_beta_zero_does_not_read_the_output(rng, dtype, s):
     """As in BLAS, beta = 0 overwrites C (or y): NaN there is not read."""
