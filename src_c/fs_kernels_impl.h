@@ -1126,11 +1126,12 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
     /* row i of Ki <- K^{-1} e_i: Ki is K^{-T} (row-major) */
     fs_getrs_d(me, me, Km, me, ipiv, Ki, me);
     /* Pe = Hext Uinv ; Pf = K^{-T} Pe ; Zt = diag(dv) Pf.  With
-     * X = K^{-T} - I, Pf = Pe + X Pe: besides Pf's own rounding, the product
-     * in T adds at most about me eps ||X||_inf |Pe|, which is below it when
-     * the step is small (||X||_inf <= FS_SMALL_STEP, the common case); a
-     * larger step takes the product with K^{-T} in double (float32), as
-     * precise (float64: the split form is the more precise of the two). */
+     * X = K^{-T} - I, Pf = Pe + X Pe: the product in T adds at most about
+     * me eps ||X||_inf |Pe| to Pf's own rounding; it is taken so when the
+     * step is small (||X||_inf <= FS_SMALL_STEP, the common case), where
+     * the updates Pf and Zt enter are small next to the state (§2).  A
+     * larger step takes the product with K^{-T} in double (float32);
+     * float64 always the split form, the more precise of the two. */
     F(fs_gemm)(0, 0, me, d, d, 1, Hx, d, Uinv, d, 0, Pe, d);
     {
         double xn = 0.0;
