@@ -24,6 +24,7 @@ column sums are transformed with V.  The control works on a
 corrections transform in place; it does not know the layer.
 """
 import time
+import warnings
 
 import numpy as np
 
@@ -228,11 +229,11 @@ class StabilityControl:
             renorms = 0
             while est["cond"] > self._lift_from:
                 if renorms == self.max_renorms:
-                    if est["cond"] > self.max_cond:
-                        self.refactorize(st)
+                    if est["cond"] > self.max_cond and self.refactorize(st):
                         est = self._estimate(st, iterations=2, store=True)
                     break
-                self._renormalize(st, est)
+                if not self._renormalize(st, est):
+                    break
                 renorms += 1
                 est = self._estimate(st, iterations=2, store=True)
             # after a renormalisation too: its update of Uinv cancels large
@@ -302,6 +303,8 @@ class StabilityControl:
         if _core.invert(A, inv) != 0:
             raise FloatingPointError("U is singular: the factored state is broken; "
                                      "rebuild the layer from its weights")
+        if not self._in_range(inv):
+            return _skipped("the refresh of U's inverse")
         st.Uinv[...] = inv
         self._since_inverse = 0
         self.counts["inverse_refreshes"] += 1
@@ -312,6 +315,8 @@ class StabilityControl:
         sv <- C^{-T} sv with C = I + L_k diag(alpha) L_k^T."""
         theta, X = est["_theta"], est["_X"]
         smax = est["sigma_max"]
+        if not (0.0 < smax < np.inf and np.all(np.isfinite(theta))):
+            return _skipped("a renormalisation")
         sig = 1.0 / np.sqrt(np.maximum(theta, 1e-300))
         k = int(np.clip(np.count_nonzero(sig < smax / np.sqrt(self.max_cond)),
                         1, self.max_lift))
@@ -325,12 +330,20 @@ class StabilityControl:
         # orthonormal)
         U = st.U.astype(np.float64)
         Ui = st.Uinv.astype(np.float64)
-        st.U[...] = U + (L * alpha) @ (L.T @ U)
-        st.Uinv[...] = Ui - (Ui @ L) @ B @ L.T
         Cinv = np.eye(L.shape[0]) - L @ B @ L.T
-        st.M[...] = Cinv.T @ st.full_M() @ Cinv
-        if st.sv.size:
-            st.sv[...] = Cinv.T @ st.sv.astype(np.float64)
+        with np.errstate(all="ignore"):
+            U1 = U + (L * alpha) @ (L.T @ U)
+            Ui1 = Ui - (Ui @ L) @ B @ L.T
+            M1 = Cinv.T @ st.full_M() @ Cinv
+            sv1 = (Cinv.T @ st.sv.astype(np.float64) if st.sv.size
+                   else st.sv.astype(np.float64))
+        # V C^{-1} shrinks V along L (||C^{-1}|| <= 1): V needs no bound
+        if not self._in_range(U1, Ui1, M1, sv1, Cinv):
+            return _skipped("a renormalisation")
+        st.U[...] = U1
+        st.Uinv[...] = Ui1
+        st.M[...] = M1
+        st.sv[...] = sv1
         P = np.ascontiguousarray(L.T, dtype=dt)
         Q = np.ascontiguousarray(B @ L.T, dtype=dt)
         if _core.lowrank_rows(st.V, P, Q, np.full(k, -1.0, dtype=dt)) != 0:
@@ -338,17 +351,26 @@ class StabilityControl:
                               "of a renormalisation")
         self.counts["renormalizations"] += 1
         self.steps_since_renormalization = 0
+        return True
 
     def refactorize(self, st):
-        """Last resort: V <- V U, U <- I, Uinv <- I (O(D d^2))."""
+        """Last resort: V <- V U, U <- I, Uinv <- I (O(D d^2)).  Skipped
+        (returns False) when the results would leave the state's range."""
         V, U = st.V, st.U
+        U64 = U.astype(np.float64)
+        with np.errstate(all="ignore"):
+            M1 = U64.T @ st.full_M() @ U64
+            sv1 = (U64.T @ st.sv.astype(np.float64) if st.sv.size
+                   else st.sv.astype(np.float64))
+            # |(V U)_jc| <= ||V_j|| ||U_:c||
+            vu = self._v_row_bound(st) * float(np.sqrt((U64 ** 2).sum(axis=0)).max())
+        if not (self._in_range(M1, sv1) and vu <= NORM_LIMIT[self.dtype]):
+            return _skipped("a re-factorisation")
         chunk = 1 << 14
         for start in range(0, V.shape[0], chunk):
             V[start:start + chunk] = V[start:start + chunk] @ U
-        U64 = U.astype(np.float64)
-        st.M[...] = U64.T @ st.full_M() @ U64
-        if st.sv.size:
-            st.sv[...] = U64.T @ st.sv.astype(np.float64)
+        st.M[...] = M1
+        st.sv[...] = sv1
         d = U.shape[0]
         st.U[...] = np.eye(d, dtype=st.dtype)
         st.Uinv[...] = np.eye(d, dtype=st.dtype)
@@ -356,10 +378,23 @@ class StabilityControl:
         self.counts["refactorizations"] += 1
         self.steps_since_renormalization = 0
         self._x_max = self._X = None
+        return True
 
     def _rescale(self, st, est):
-        """U <- 2^-e U, Uinv <- 2^e Uinv, V <- 2^e V: exact in floating point."""
-        e = int(np.round(np.log2(est["sigma_max"])))
+        """U <- 2^-e U, Uinv <- 2^e Uinv, V <- 2^e V: exact in floating point.
+        Skipped when the results would leave the state's range."""
+        smax = est["sigma_max"]
+        if not 0.0 < smax < np.inf:
+            return _skipped("a rescale")
+        e = int(np.round(np.log2(smax)))
+        f2 = np.ldexp(1.0, 2 * e)
+        lim = NORM_LIMIT[self.dtype]
+        if not (abs(e) <= 400
+                and self._v_row_bound(st) * np.ldexp(1.0, e) <= lim
+                and float(np.abs(st.M).max(initial=0)) * f2 <= lim
+                and float(np.abs(st.sv).max(initial=0)) * np.ldexp(1.0, e) <= lim
+                and float(np.abs(st.Uinv).max(initial=0)) * np.ldexp(1.0, e) <= lim):
+            return _skipped("a rescale")
         f = st.dtype.type(2.0 ** e)
         st.U *= st.dtype.type(2.0 ** -e)
         st.Uinv *= f
@@ -371,6 +406,19 @@ class StabilityControl:
         est["sigma_min"] *= 2.0 ** -e
         for key in ("sigma_max", "sigma_min"):
             self.estimates[key] = est[key]
+        return True
+
+    def _in_range(self, *arrays):
+        """Whether every entry is finite and within the state's range (what
+        a correction may write; the kernels refuse updates beyond it)."""
+        lim = NORM_LIMIT[self.dtype]
+        return all(bool(np.all(np.abs(a) <= lim)) for a in arrays)
+
+    @staticmethod
+    def _v_row_bound(st):
+        """An upper bound of every row norm of V: ||V_j||^2 <= tr(V^T V)
+        = tr(M) (twice that: M is V^T V up to rounding)."""
+        return 2.0 * float(np.sqrt(max(float(np.trace(st.M.astype(np.float64))), 0.0)))
 
     # ------------------------------------------------------ state, report
     def state(self):
@@ -465,3 +513,14 @@ def _inverse_norm2(st):
 def _unit(x):
     n = np.linalg.norm(x)
     return x / n if n > 0 else x
+
+
+def _skipped(action):
+    """Warn that a correction of the state was skipped because its results
+    would leave the representable range (the state stays exact; its
+    conditioning is what degrades); returns False."""
+    warnings.warn(f"fastsparse: {action} of the factored state was skipped: "
+                  "its results would leave the range of the layer's dtype "
+                  "(the weights' scale is extreme; precision degrades)",
+                  RuntimeWarning, stacklevel=3)
+    return False

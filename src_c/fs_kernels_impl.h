@@ -1056,6 +1056,10 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
     for (int i = 0; i < m; ++i)
         dv[i] = 2.0 * lr * gq[i];
     F(fs_gram_rows)(m, d, H, d, HHe, m);
+    if (!F(fs_finite)(mm, HHe)) {   /* H's rows are finite, H H^T overflowed */
+        status = FS_OVERFLOW;
+        goto out;
+    }
     double lam_lo, lam_hi, min_abs;
     k = F(fs_spectrum)(m, d, H, HHe, dv, ctl->split, N, E, &lam_lo, &lam_hi,
                        &min_abs);

@@ -373,3 +373,55 @@ def test_long_float32_run_stays_exact(mode, n_updates, m, lr):
     # without it the same run drifts measurably
     assert w_err["off"] > 10 * max(w_err["on"], 1e-5), (w_err, health)
     assert health["cond"] <= 1.5 * 30
+
+
+def _state_copy(layer):
+    st = layer._st
+    return [a.copy() for a in (st.V, st.U, st.Uinv, st.M, st.omega, st.sv)]
+
+
+@pytest.mark.parametrize("action", ["_renormalize", "_rescale", "refactorize"])
+def test_actions_that_would_leave_the_range_are_skipped(action):
+    """A correction whose results would overflow the layer's dtype (its
+    range: NORM_LIMIT, 2^60 in float32) is skipped with a RuntimeWarning
+    and changes nothing (it once wrote Inf into M, or raised OverflowError
+    on an infinite estimate): a rescale by 2^40 of a state whose M is near
+    2^50, a refactorisation by a U of scale 2^40, a renormalisation with an
+    infinite estimate."""
+    rng = np.random.default_rng(0)
+    W0 = (0.5 * rng.standard_normal((50, 6))).astype(np.float32)
+    layer = FactoredOutputLayer.from_weights(W0, dtype=np.float32)
+    hc, st = layer._health, layer._st
+    est = hc._estimate(st, iterations=2, store=False)
+    if action == "_rescale":
+        st.V *= np.float32(2.0 ** 24)
+        st.M *= np.float32(2.0 ** 48)
+        est["sigma_max"] = 2.0 ** 40
+    elif action == "refactorize":
+        st.U *= np.float32(2.0 ** 40)
+        st.Uinv *= np.float32(2.0 ** -40)
+    else:
+        est["sigma_max"] = np.inf
+    before = _state_copy(layer)
+    with pytest.warns(RuntimeWarning, match="skipped"):
+        done = (getattr(hc, action)(st, est) if action != "refactorize"
+                else hc.refactorize(st))
+    assert done is False
+    for a, b in zip(before, _state_copy(layer)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_minibatch_whose_gram_matrix_overflows_is_refused():
+    """Finite rows of H whose Gram matrix H H^T overflows float32: refused
+    as out of range before anything changes (LAPACK was handed the Inf and
+    its failure reported as MemoryError)."""
+    rng = np.random.default_rng(1)
+    W0 = (0.01 * rng.standard_normal((200, 40))).astype(np.float32)
+    layer = FactoredOutputLayer.from_weights(W0, dtype=np.float32)
+    H = (1e19 * rng.standard_normal((4, 40))).astype(np.float32)
+    before = _state_copy(layer)
+    with pytest.raises(StepRefusedError, match="out of the range") as info:
+        layer.step(H, np.array([1, 2, 3, 4]), 1e-45, mode="batch")
+    assert info.value.applied == 0
+    for a, b in zip(before, _state_copy(layer)):
+        np.testing.assert_array_equal(a, b)
