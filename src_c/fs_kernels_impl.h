@@ -71,6 +71,17 @@ static FS_AVX2_EXACT_FN int F(fs_finite_avx2)(ptrdiff_t n, const T *restrict x)
 #define FS_PICK(name) F(name##_port)
 #endif
 
+/* With the health control on (cond_limit > 0), the largest cond(U) an
+ * update may leave, by the kernels' bounds: 2^-8 / eps of T.  Beyond it U
+ * is numerically singular in T (a factor of 1e34 from lr = 1e8 on
+ * activations of 1e13 made the next check's LU fail); the control keeps
+ * cond(U) below max_cond (8 or 4), and one update of a converging SGD
+ * multiplies it by at most a few. */
+#define FS_COND_HARD (sizeof(T) == sizeof(float) ? 0x1p15 : 0x1p44)
+/* the largest entry of an output the kernels write (a gradient bound
+ * beyond it refuses the example, as a non-finite one would be) */
+#define FS_OUT_MAX (sizeof(T) == sizeof(float) ? 0x1p126 : 0x1p1022)
+
 static inline double F(fs_dot)(ptrdiff_t n, const T *x, const T *y)
 {
     return FS_PICK(fs_dot)(n, x, y);
@@ -507,8 +518,14 @@ int F(fs_online)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
                     memset(g, 0, d * sizeof(T));
                 }
             }
+            /* dL/dh = U^T z + cw omega is written at the block's flush,
+             * after the updates: its bound (||U|| <= sqrt(smax2)) refuses
+             * here an example whose gradient could overflow T */
             if (!(F(fs_finite)(d, u) && F(fs_finite)(d, t) && F(fs_finite)(d, z)
-                  && isfinite((T)L))) {
+                  && isfinite((T)L)
+                  && sqrt(smax2 * F(fs_dot)(d, z, z))
+                     + (keep_s ? fabs(2.0 * gq * s + Dn * gs + sga)
+                                 * F(fs_amax)(d, omega) : 0.0) <= FS_OUT_MAX)) {
                 ctl->bad = gi;
                 status = FS_NONFINITE;
                 break;
@@ -558,7 +575,9 @@ int F(fs_online)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
                     const double nm = mnorm + 2.0 * lr * sqrt(F(fs_dot)(d, t, t)
                                                               * F(fs_dot)(d, y, y));
                     ok = F(fs_finite)(d, y) && sqrt(nsmax2) <= lim
-                         && sqrt(nsinv2) <= lim && nm <= lim;
+                         && sqrt(nsinv2) <= lim && nm <= lim
+                         && (cond2 <= 0 || nsmax2 * nsinv2
+                                           <= FS_COND_HARD * FS_COND_HARD);
                     trM -= 2.0 * lr * wy;
                     mnorm = nm;
                 }
@@ -1060,7 +1079,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
         status = FS_OVERFLOW;
         goto out;
     }
-    double lam_lo, lam_hi, min_abs;
+    double lam_lo, lam_hi, min_abs, nsmax2 = 0.0, nsinv2 = 0.0;
     k = F(fs_spectrum)(m, d, H, HHe, dv, ctl->split, N, E, &lam_lo, &lam_hi,
                        &min_abs);
     if (k < 0) {
@@ -1255,13 +1274,31 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
         pn = sqrt(F(fs_dot)(md, P, P));
         rn = sqrt(F(fs_dot)(md, R, R));
         pmx = F(fs_amax)(md, P);
+        {   /* the cond bound after the update (§5), assigned with it:
+             * ||Uinv'|| <= ||Uinv|| / lam_lo, and, when every factor is at
+             * most 1, the Frobenius growth of Uinv, <Pe + Pf, Zt>, bounds
+             * the growth of its square: the smaller of the two */
+            const double by_factor = ctl->sinv2 / (lam_lo * lam_lo);
+            nsinv2 = by_factor;
+            if (lam_hi <= 1.0) {
+                double dF = F(fs_dot)((ptrdiff_t)me * d, Pe, Zt)
+                            + F(fs_dot)((ptrdiff_t)me * d, Pf, Zt);
+                dF = ctl->sinv2 + (dF > 0 ? dF : 0.0);
+                nsinv2 = dF < by_factor ? dF : by_factor;
+            }
+            nsmax2 = ctl->smax2 * (lam_hi * lam_hi);
+            nsmax2 *= rho * rho;
+            nsinv2 /= rho * rho;
+        }
         {
             const double nm = ctl->mnorm * cn * cn + 2.0 * lr * pn * rn;
             double trM = 0.0;
             for (int c = 0; c < d; ++c)
                 trM += M[(ptrdiff_t)c * d + c];
             ok = ok && bu <= lim && bi <= lim && nm <= lim
-                 && sqrt(fabs(trM)) * cn <= lim;
+                 && sqrt(fabs(trM)) * cn <= lim
+                 && (ctl->cond_limit <= 0
+                     || nsmax2 * nsinv2 <= FS_COND_HARD * FS_COND_HARD);
             for (int i = 0; ok && i < m; ++i)
                 for (int64_t p = indptr[i]; ok && p < indptr[i + 1]; ++p)
                     ok = vmax[p] * cn
@@ -1306,23 +1343,8 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
         const fs_groups g = fs_groups_in(gw, nnz);
         F(fs_add_rows)(V, d, &g, ga, -lr, P, acc);
     }
-    {   /* the cond bound (§5), before Uinv changes: ||Uinv'|| <= ||Uinv|| /
-         * lam_lo, and, when every factor is at most 1, the Frobenius growth
-         * of Uinv, <Pe + Pf, Zt>, bounds the growth of its square: the
-         * smaller of the two */
-        const double by_factor = ctl->sinv2 / (lam_lo * lam_lo);
-        if (lam_hi <= 1.0) {
-            double dF = F(fs_dot)((ptrdiff_t)me * d, Pe, Zt)
-                        + F(fs_dot)((ptrdiff_t)me * d, Pf, Zt);
-            dF = ctl->sinv2 + (dF > 0 ? dF : 0.0);
-            ctl->sinv2 = dF < by_factor ? dF : by_factor;
-        } else {
-            ctl->sinv2 = by_factor;
-        }
-        ctl->smax2 *= lam_hi * lam_hi;
-        ctl->smax2 *= rho * rho;
-        ctl->sinv2 /= rho * rho;
-    }
+    ctl->smax2 = nsmax2;    /* the bounds taken by the checks */
+    ctl->sinv2 = nsinv2;
     /* U' = U - (U Hext^T) diag(dv) Hext ; Uinv' = Uinv + Hext^T Zt */
     F(fs_gemm)(1, 0, d, d, me, -1, HU, d, Hg, d, 1, U, d);
     F(fs_gemm)(1, 0, d, d, me, 1, Hx, d, Zt, d, 1, Uinv, d);
@@ -1357,6 +1379,8 @@ out:
 }
 
 #undef FS_PICK
+#undef FS_COND_HARD
+#undef FS_OUT_MAX
 #undef FS_DOT_BODY
 #undef FS_AMAX_BODY
 #undef FS_FINITE_BODY

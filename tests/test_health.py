@@ -425,3 +425,46 @@ def test_minibatch_whose_gram_matrix_overflows_is_refused():
     assert info.value.applied == 0
     for a, b in zip(before, _state_copy(layer)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["online", "batch"])
+def test_example_whose_gradient_would_overflow_is_refused(mode):
+    """A legal but extreme state (W ~ 2^70 in float32) and an example whose
+    gradient 2 W^T W h overflows float32 (its loss, about 2^120, does not):
+    refused as non-finite in both modes before anything changes (the
+    online kernel writes gradients at the block's end, and returned Inf)."""
+    rng = np.random.default_rng(2)
+    W0 = (0.5 * rng.standard_normal((50, 6))).astype(np.float32)
+    layer = FactoredOutputLayer.from_weights(W0, dtype=np.float32)
+    st = layer._st
+    st.V *= np.float32(2.0 ** 20)
+    st.M *= np.float32(2.0 ** 40)
+    st.U *= np.float32(2.0 ** 50)
+    st.Uinv *= np.float32(2.0 ** -50)
+    layer._health.start(st)
+    H = np.full((2, 6), 2.0 ** -10, dtype=np.float32)
+    before = _state_copy(layer)
+    with pytest.raises(StepRefusedError, match="not finite") as info:
+        layer.step(H, np.array([3, 4]), 0.0, mode=mode)
+    assert info.value.applied == 0
+    for a, b in zip(before, _state_copy(layer)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["online", "batch"])
+def test_update_with_a_huge_factor_is_refused(mode):
+    """lr = 1e20 on unit activations: the update multiplies U by about -1e20
+    along them, beyond what float64 resolves (2^44 = 2^-8 / eps): refused
+    before anything changes (it was applied, and the next check found U
+    singular and raised FloatingPointError)."""
+    rng = np.random.default_rng(3)
+    W0 = 0.1 * rng.standard_normal((60, 8))
+    layer = FactoredOutputLayer.from_weights(W0, dtype=np.float64)
+    H = rng.standard_normal((3, 8)) / np.sqrt(8)
+    before = _state_copy(layer)
+    with pytest.raises(StepRefusedError, match="out of the range") as info:
+        layer.step(H, np.array([1, 2, 3]), 1e20, mode=mode)
+    assert info.value.applied == 0
+    for a, b in zip(before, _state_copy(layer)):
+        np.testing.assert_array_equal(a, b)
+    layer.step(H, np.array([1, 2, 3]), 1e-3, mode=mode)    # and goes on
