@@ -30,7 +30,7 @@
 extern fs_##S##gemm_t BLAS(S##gemm);   extern fs_##S##gemv_t BLAS(S##gemv);    \
 extern fs_##S##ger_t BLAS(S##ger);     extern fs_##S##symm_t BLAS(S##symm);    \
 extern fs_##S##symv_t BLAS(S##symv);   extern fs_##S##syr2k_t BLAS(S##syr2k);  \
-extern fs_##S##getrf_t BLAS(S##getrf);                                         \
+extern fs_##S##syrk_t BLAS(S##syrk);   extern fs_##S##getrf_t BLAS(S##getrf);  \
 extern fs_##S##getrs_t BLAS(S##getrs);
 MB_EXTERN(float, s)
 MB_EXTERN(double, d)
@@ -43,7 +43,7 @@ static void fill_table(void)
 #define MB_SET(S) fs_blas.S##gemm = BLAS(S##gemm); fs_blas.S##gemv = BLAS(S##gemv); \
     fs_blas.S##ger = BLAS(S##ger); fs_blas.S##symm = BLAS(S##symm);             \
     fs_blas.S##symv = BLAS(S##symv); fs_blas.S##syr2k = BLAS(S##syr2k);         \
-    fs_blas.S##getrf = BLAS(S##getrf);                                          \
+    fs_blas.S##syrk = BLAS(S##syrk); fs_blas.S##getrf = BLAS(S##getrf);         \
     fs_blas.S##getrs = BLAS(S##getrs);
     MB_SET(s)
     MB_SET(d)
