@@ -8,8 +8,8 @@
 #define F(name) FS_CAT(name, S)
 
 /* ------------------------------------------------------------- helpers */
-/* The reductions below run over O(m d) and O(D d) data on every step: four
- * independent accumulators (the order is fixed, so results stay
+/* The reductions below run over O(m d) and O(D d) data on every step:
+ * independent partial sums (their order is fixed, so results stay
  * deterministic) instead of one dependency chain.  Each body is compiled
  * twice: portable (SSE2 in a portable build) and for AVX2 without FMA
  * (FS_AVX2_EXACT_FN: the same operations in the same order, so the same
