@@ -16,16 +16,19 @@
  * bits; the portable build's integer maximum and double conversions were
  * several times slower), called when the CPU has AVX2 (FS_USE_AVX2). */
 
-/* x . y in double, in eight partial sums */
+/* x . y in double, in four partial sums */
 #define FS_DOT_BODY                                                           \
-    double a[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};                   \
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;                            \
     ptrdiff_t c = 0;                                                          \
-    for (; c + 8 <= n; c += 8)                                                \
-        for (int l = 0; l < 8; ++l)                                           \
-            a[l] += (double)x[c + l] * y[c + l];                              \
+    for (; c + 4 <= n; c += 4) {                                              \
+        a0 += (double)x[c] * y[c];                                            \
+        a1 += (double)x[c + 1] * y[c + 1];                                    \
+        a2 += (double)x[c + 2] * y[c + 2];                                    \
+        a3 += (double)x[c + 3] * y[c + 3];                                    \
+    }                                                                         \
     for (; c < n; ++c)                                                        \
-        a[0] += (double)x[c] * y[c];                                          \
-    return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+        a0 += (double)x[c] * y[c];                                            \
+    return (a0 + a1) + (a2 + a3);
 
 /* max |x[c]|; NaN if x holds a NaN.  On the bit patterns with the sign
  * cleared: as unsigned integers they order like |x|, with every NaN above
