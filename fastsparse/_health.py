@@ -387,15 +387,16 @@ class StabilityControl:
         if not 0.0 < smax < np.inf:
             return _skipped("a rescale")
         e = int(np.round(np.log2(smax)))
-        f2 = np.ldexp(1.0, 2 * e)
-        lim = NORM_LIMIT[self.dtype]
-        if not (abs(e) <= 400
-                and self._v_row_bound(st) * np.ldexp(1.0, e) <= lim
-                and float(np.abs(st.M).max(initial=0)) * f2 <= lim
-                and float(np.abs(st.sv).max(initial=0)) * np.ldexp(1.0, e) <= lim
-                and float(np.abs(st.Uinv).max(initial=0)) * np.ldexp(1.0, e) <= lim):
+        if abs(e) > 400:
             return _skipped("a rescale")
-        f = st.dtype.type(2.0 ** e)
+        f1 = 2.0 ** e
+        lim = NORM_LIMIT[self.dtype]
+        if not (self._v_row_bound(st) * f1 <= lim
+                and float(np.abs(st.M).max(initial=0)) * f1 * f1 <= lim
+                and float(np.abs(st.sv).max(initial=0)) * f1 <= lim
+                and float(np.abs(st.Uinv).max(initial=0)) * f1 <= lim):
+            return _skipped("a rescale")
+        f = st.dtype.type(f1)
         st.U *= st.dtype.type(2.0 ** -e)
         st.Uinv *= f
         st.V *= f

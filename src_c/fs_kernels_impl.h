@@ -56,23 +56,23 @@
     }                                                                         \
     return bad == 0;
 
-static FS_NOINLINE double F(fs_dot_port)(ptrdiff_t n, const T *restrict x,
-                                         const T *restrict y) { FS_DOT_BODY }
-static FS_NOINLINE double F(fs_amax_port)(ptrdiff_t n, const T *restrict x)
-{ FS_AMAX_BODY }
-static FS_NOINLINE int F(fs_finite_port)(ptrdiff_t n, const T *restrict x)
-{ FS_FINITE_BODY }
+/* NAME_port and, where it can be compiled, NAME_avx2 from one BODY (a
+ * macro: the bodies hold commas); FS_PICK(NAME) is the one to call */
 #if FS_HAVE_AVX2
-static FS_AVX2_EXACT_FN double F(fs_dot_avx2)(ptrdiff_t n, const T *restrict x,
-                                              const T *restrict y) { FS_DOT_BODY }
-static FS_AVX2_EXACT_FN double F(fs_amax_avx2)(ptrdiff_t n, const T *restrict x)
-{ FS_AMAX_BODY }
-static FS_AVX2_EXACT_FN int F(fs_finite_avx2)(ptrdiff_t n, const T *restrict x)
-{ FS_FINITE_BODY }
+#define FS_TWO_COPIES(ret, name, params, body)                                \
+    static FS_NOINLINE ret F(name##_port) params { body }                     \
+    static FS_AVX2_EXACT_FN ret F(name##_avx2) params { body }
 #define FS_PICK(name) (FS_USE_AVX2 ? F(name##_avx2) : F(name##_port))
 #else
+#define FS_TWO_COPIES(ret, name, params, body)                                \
+    static FS_NOINLINE ret F(name##_port) params { body }
 #define FS_PICK(name) F(name##_port)
 #endif
+
+FS_TWO_COPIES(double, fs_dot, (ptrdiff_t n, const T *restrict x,
+                               const T *restrict y), FS_DOT_BODY)
+FS_TWO_COPIES(double, fs_amax, (ptrdiff_t n, const T *restrict x), FS_AMAX_BODY)
+FS_TWO_COPIES(int, fs_finite, (ptrdiff_t n, const T *restrict x), FS_FINITE_BODY)
 
 /* With the health control on (cond_limit > 0), the largest cond(U) an
  * update may leave, by the kernels' bounds: 2^-8 / eps of T.  Beyond it U
@@ -918,14 +918,8 @@ fail:
 #define FS_ADD_ROW_BODY                                                       \
     for (ptrdiff_t c = 0; c < d; ++c)                                         \
         row[c] = (T)((double)row[c] + cf * p[c]);
-static FS_NOINLINE void F(fs_add_row_port)(ptrdiff_t d, double cf,
-                                           const T *restrict p,
-                                           T *restrict row) { FS_ADD_ROW_BODY }
-#if FS_HAVE_AVX2
-static FS_AVX2_EXACT_FN void F(fs_add_row_avx2)(ptrdiff_t d, double cf,
-                                                const T *restrict p,
-                                                T *restrict row) { FS_ADD_ROW_BODY }
-#endif
+FS_TWO_COPIES(void, fs_add_row, (ptrdiff_t d, double cf, const T *restrict p,
+                                 T *restrict row), FS_ADD_ROW_BODY)
 #undef FS_ADD_ROW_BODY
 
 /* V[indices[p]] += coef ga[p] P[i] for every target p of every example i,
@@ -1260,10 +1254,10 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
          * P (pn), R (rn) or P2 (cn) makes a bound below NaN or Inf, and the
          * comparison with lim false (a product of an Inf with a zero norm
          * is NaN) */
-        int ok = 1;
+        int ok;
         for (int i = 0; i < me; ++i)
             zn[i] = F(fs_dot)(d, Zt + (ptrdiff_t)i * d, Zt + (ptrdiff_t)i * d);
-        for (int i = 0; ok && i < me; ++i) {
+        for (int i = 0; i < me; ++i) {
             const T *hg = Hg + (ptrdiff_t)i * d, *hu = HU + (ptrdiff_t)i * d,
                     *hx = Hx + (ptrdiff_t)i * d;
             bu += sqrt(F(fs_dot)(d, hu, hu) * F(fs_dot)(d, hg, hg));
@@ -1298,7 +1292,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
             double trM = 0.0;
             for (int c = 0; c < d; ++c)
                 trM += M[(ptrdiff_t)c * d + c];
-            ok = ok && bu <= lim && bi <= lim && nm <= lim
+            ok = bu <= lim && bi <= lim && nm <= lim
                  && sqrt(fabs(trM)) * cn <= lim
                  && (ctl->cond_limit <= 0
                      || nsmax2 * nsinv2 <= FS_COND_HARD * FS_COND_HARD);
@@ -1382,6 +1376,7 @@ out:
 }
 
 #undef FS_PICK
+#undef FS_TWO_COPIES
 #undef FS_COND_HARD
 #undef FS_OUT_MAX
 #undef FS_DOT_BODY
