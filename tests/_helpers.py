@@ -10,6 +10,12 @@ def rel_err(a, b):
     return np.linalg.norm(a - b) / nb if nb else np.linalg.norm(a - b)
 
 
+def state_bytes(layer):
+    """Every array a checkpoint of ``layer`` holds, as bytes: equal before
+    and after a call that must change nothing."""
+    return {k: v.tobytes() for k, v in layer._checkpoint_arrays().items()}
+
+
 def run_isolated(code, cwd, timeout=120, env=None):
     """Run ``code`` in a fresh Python process (so that a crash of the code
     under test, e.g. a segmentation fault, fails the test instead of killing

@@ -14,14 +14,10 @@ import pytest
 import scipy.sparse as sp
 
 from fastsparse import FactoredOutputLayer, NaiveOutputLayer
-from _helpers import assert_ran, rel_err, run_isolated
+from _helpers import assert_ran, rel_err, run_isolated, state_bytes
 
 LAYERS = [FactoredOutputLayer, NaiveOutputLayer]
 D, d = 30, 4
-
-
-def _state(layer):
-    return {k: v.tobytes() for k, v in layer._checkpoint_arrays().items()}
 
 
 def _layer(cls, **kw):
@@ -185,12 +181,12 @@ def test_int_and_tuple_targets_make_no_scipy_call(monkeypatch):
 @pytest.mark.parametrize("form", ["int", "tuple"])
 def test_int_and_tuple_targets_at_the_bounds(bad, form):
     layer = _layer(FactoredOutputLayer)
-    before = _state(layer)
+    before = state_bytes(layer)
     idx = np.array([0, bad], dtype=np.int64)
     tg = idx if form == "int" else (idx[:, None], None)
     with pytest.raises(IndexError, match=f"index {bad} is out of range"):
         layer.step(np.full((2, d), 0.1), tg, 0.1)
-    assert _state(layer) == before
+    assert state_bytes(layer) == before
     idx = np.array([0, D - 1], dtype=np.uint64)           # the valid bounds
     layer.step(np.full((2, d), 0.1), idx if form == "int" else (idx[:, None], None), 0.1)
 
@@ -379,10 +375,10 @@ def _returning(kind):
 def test_callable_loss_results_are_validated(cls, kind, exc, pattern):
     layer = cls.from_weights(np.random.default_rng(0).standard_normal((20, 3)),
                              dtype=np.float32, loss=_returning(kind))
-    before = _state(layer)
+    before = state_bytes(layer)
     with pytest.raises(exc, match=pattern):
         layer.step(np.full((3, 3), 0.1), np.array([1, 2, 3]), 0.1)
-    assert _state(layer) == before
+    assert state_bytes(layer) == before
     # a float64 layer takes 1e39 (finite in float64)
     if kind in ("overflow32", "loss_overflow32"):
         layer = cls.from_weights(np.ones((20, 3)), loss=_returning(kind))
@@ -408,18 +404,18 @@ def test_callable_cannot_use_its_own_layer(cls, inner, tmp_path):
 
     layer = box["layer"] = cls.from_weights(
         np.random.default_rng(0).standard_normal((20, 3)), loss=f)
-    before = _state(layer)
+    before = state_bytes(layer)
     with pytest.raises(RuntimeError, match=rf"{cls.__name__}\.{inner}\(\) was called "
                        rf"from inside a call of the same layer \({cls.__name__}"
                        r"\.step\(\), e\.g\. by its loss callable\)"):
         layer.step(np.full((2, 3), 0.1), np.array([1, 2]), 0.1)
-    assert _state(layer) == before
+    assert state_bytes(layer) == before
     assert not (tmp_path / "x.npz").exists()
     # the layer is usable again afterwards, and other layers from a callable
     other = cls.from_weights(np.ones((20, 3)))
     box["layer"] = other
     layer.step(np.full((2, 3), 0.1), np.array([1, 2]), 0.1)
-    assert _state(layer) != before
+    assert state_bytes(layer) != before
 
 
 def test_other_threads_still_wait_for_the_lock():

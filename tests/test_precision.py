@@ -16,6 +16,7 @@ import pytest
 
 from fastsparse import (FactoredOutputLayer, NaiveOutputLayer,
                         StepRefusedError)
+from _helpers import state_bytes
 from _streams import precision_run
 
 
@@ -150,10 +151,6 @@ def test_online_example_with_a_small_r(dtype, r):
 
 
 # ---- the bugs once found in this area ------------------------------------------
-def _state(layer):
-    return {k: v.tobytes() for k, v in layer._checkpoint_arrays().items()}
-
-
 def test_health_is_a_pure_read():
     # calling health() after every step once disabled the control
     runs = []
@@ -167,7 +164,7 @@ def test_health_is_a_pure_read():
                 layer.health()
         state = layer._health.state()
         state["counters"].pop("seconds")            # time, not state
-        runs.append((_state(layer), state))
+        runs.append((state_bytes(layer), state))
     assert runs[0][0] == runs[1][0]
     assert runs[0][1] == runs[1][1]
     counts = runs[1][1]["counters"]["counts"]
@@ -223,7 +220,7 @@ def test_finite_inputs_that_would_overflow_the_state_are_refused(case, tmp_path)
     good = (np.array([[1], [2], [3]]), np.ones((3, 1)))
     layer.step(H, good, 0.01)
     layer.save(tmp_path / "good.npz")
-    before = _state(layer)
+    before = state_bytes(layer)
     if case.startswith("float32"):
         bad, lr = (good[0], np.array([[1e19], [1.0], [1.0]])), 0.01
     else:
@@ -231,7 +228,7 @@ def test_finite_inputs_that_would_overflow_the_state_are_refused(case, tmp_path)
     with pytest.raises(StepRefusedError, match="out of the range|not finite") as info:
         layer.step(H, bad, lr, mode="batch")
     assert info.value.applied == 0
-    assert _state(layer) == before
+    assert state_bytes(layer) == before
     # the layer goes on, and its next checkpoint is a valid one
     layer.step(H, good, 0.01)
     layer.save(tmp_path / "good.npz")
