@@ -164,6 +164,7 @@ cdef extern from "fs_kernels.h" nogil:
     int fs_getrf_d(int, double*, int, int*)
     int fs_getrs_s(int, int, const float*, int, const int*, float*, int)
     int fs_getrs_d(int, int, const double*, int, const int*, double*, int)
+    int fs_inverse_d(int, double*, int*)
 
 # The kernels call BLAS and LAPACK through this table: SciPy's.
 fs_blas.sgemm = <void*>cb.sgemm
@@ -1089,6 +1090,22 @@ def _py_gram_rows(const floating[:, ::1] A, floating[:, ::1] C):
         fs_gram_rows_s(n, k, &A[0, 0], k, &C[0, 0], n)
     else:
         fs_gram_rows_d(n, k, &A[0, 0], k, &C[0, 0], n)
+
+
+def _py_inverse(double[:, ::1] A):
+    """A <- A^-1 in place by Gauss-Jordan (fs_inverse_d); returns 0, or
+    k + 1 when column k has no finite nonzero pivot."""
+    cdef int n = <int>A.shape[0], info
+    if A.shape[1] != n:
+        raise ValueError("A must be square")
+    if n == 0:
+        return 0
+    cdef int* piv = <int*>malloc(n * sizeof(int))
+    if piv == NULL:
+        raise MemoryError()
+    info = fs_inverse_d(n, &A[0, 0], piv)
+    free(piv)
+    return info
 
 
 def _py_lu_solve(floating[:, ::1] A, floating[:, ::1] B):

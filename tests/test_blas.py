@@ -208,6 +208,61 @@ def test_finite_check_both_copies(dtype, n):
         _core._own_avx2(old)
 
 
+def _inverse_both_copies(A):
+    """(info, A^-1) from fs_inverse_d's portable copy and, where the CPU has
+    AVX2, its AVX2 copy"""
+    out = []
+    old = _core._own_avx2()
+    try:
+        for flag in ((False, True) if old else (False,)):
+            _core._own_avx2(flag)
+            X = np.array(A, dtype=np.float64)
+            out.append((_core._py_inverse(X), X))
+    finally:
+        _core._own_avx2(old)
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 31, 32, 48, 70])
+def test_inverse(rng, n):
+    """The minibatch step's small inverse (Gauss-Jordan, partial pivoting)
+    against NumPy's: a matrix near the identity (the common case), one with
+    zeros on its diagonal (every column takes a row interchange) and a
+    nonsymmetric ill-conditioned one; both copies give the same bits."""
+    P = np.roll(np.eye(n), 1, axis=0)           # (no fixed point if n > 1)
+    cases = [np.eye(n) - 0.01 * rng.standard_normal((n, n)),
+             P + 0.1 * np.diag(rng.random(n)) @ P,
+             rng.standard_normal((n, n)) @ np.diag(np.logspace(0, -6, n))]
+    for A in cases:
+        res = _inverse_both_copies(A)
+        for info, X in res:
+            assert info == 0
+            cond = np.linalg.cond(A)
+            assert np.abs(X - np.linalg.inv(A)).max() <= (
+                1e-13 * cond * np.abs(np.linalg.inv(A)).max())
+            assert np.abs(A @ X - np.eye(n)).max() <= 1e-13 * cond
+        for info, X in res[1:]:
+            assert np.array_equal(X, res[0][1])
+
+
+def test_inverse_reports_singular():
+    """A column with no nonzero (or only NaN) pivot: k + 1; Inf counts as no
+    pivot (its reciprocal would hide it)."""
+    A = np.eye(4)
+    A[:, 2] = 0.0
+    assert [info for info, _ in _inverse_both_copies(A)][0] == 3
+    for bad in (np.nan, np.inf):
+        A = np.eye(4)
+        A[1, 1] = bad
+        for info, _ in _inverse_both_copies(A):
+            assert info == 2
+    A = np.ones((3, 3))                         # rank one: column 2 vanishes
+    assert all(info == 2 for info, _ in _inverse_both_copies(A))
+    assert _core._py_inverse(np.zeros((0, 0))) == 0
+    with pytest.raises(ValueError):
+        _core._py_inverse(np.zeros((2, 3)))
+
+
 def _minibatches(dtype, loss, flag, d):
     from fastsparse import FactoredOutputLayer
     rng = np.random.default_rng(3)

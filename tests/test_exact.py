@@ -1,7 +1,8 @@
 """The factored layer against the naive dense layer, from identical weights.
 
 float64: losses, grad_H and weights agree to a relative error < 1e-9 after
-200 online steps and after 20 minibatch steps of m = 32.
+200 online steps and after 20 minibatch steps of m = 32 and m = 64 (the
+minibatch step's small system inverted by Gauss-Jordan, and by LU).
 
 float32 tolerance, and why: losses and gradients are computed from d x d
 state (U h, Q h) whose rounding errors do not accumulate beyond a few tens
@@ -75,8 +76,9 @@ def test_online_200_steps(dtype, D, d, K, per_call):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("D,d,K", CONFIGS)
-def test_batch_20_steps(dtype, D, d, K):
-    res = _train_pair(D, d, K, dtype, "batch", 20, 32, lr=0.01)
+@pytest.mark.parametrize("m", [32, 64])
+def test_batch_20_steps(dtype, D, d, K, m):
+    res = _train_pair(D, d, K, dtype, "batch", 20, m, lr=0.01)
     _check(dtype, *res)
 
 
