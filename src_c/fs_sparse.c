@@ -25,6 +25,24 @@ void fs_prefetch_rows_##S(const T *V, ptrdiff_t ldv, const int64_t *idx,      \
         FS_PREFETCH_ROW(V + (ptrdiff_t)idx[k] * ldv, d);                      \
 }                                                                             \
                                                                               \
+void fs_touch_rows_##S(const T *V, ptrdiff_t ldv, const int64_t *idx,         \
+                       ptrdiff_t n, ptrdiff_t d)                              \
+{                                                                             \
+    const ptrdiff_t most = FS_PREFETCH_BYTES / (d * (ptrdiff_t)sizeof(T) + 1), \
+                    line = 64 / (ptrdiff_t)sizeof(T);                         \
+    unsigned char acc = 0;                                                    \
+    volatile unsigned char sink;  /* (so that the loads are kept) */          \
+    if (n > most)                                                             \
+        n = most;                                                             \
+    for (ptrdiff_t k = 0; k < n; ++k) {                                       \
+        const unsigned char *row = (const unsigned char *)(V + idx[k] * ldv); \
+        for (ptrdiff_t c = 0; c < d; c += line)                               \
+            acc ^= row[c * (ptrdiff_t)sizeof(T)];                             \
+    }                                                                         \
+    sink = acc;                                                               \
+    (void)sink;                                                               \
+}                                                                             \
+                                                                              \
 void fs_gather_dots_##S(const T *V, ptrdiff_t ldv, const int64_t *idx,        \
                         ptrdiff_t n, const T *u, ptrdiff_t d, T *out)         \
 {                                                                             \
