@@ -989,7 +989,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
       *Hg = NULL, *YY = NULL, *kx = NULL, *T1 = NULL, *Rf = NULL,
       *HU, *HUM, *R, *Z, *av;
     double *N = NULL, *Km = NULL, *Ki = NULL, *Ped = NULL, *Pfd = NULL,
-           *zn = NULL, *vmax = NULL, *dw;
+           *vmax = NULL, *dw;
     double *acc = NULL;
     int64_t *gw = NULL;     /* the targets grouped by row of V */
     int *ipiv = NULL;
@@ -1104,7 +1104,6 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
             Ped = FS_TAKE(&wb, med, double);
             Pfd = FS_TAKE(&wb, med, double);
         }
-        zn = FS_TAKE(&wb, me, double);
         ipiv = FS_TAKE(&wb, me, int);
         Pe = FS_TAKE(&wb, med, T);
         Zt = FS_TAKE(&wb, med, T);
@@ -1266,25 +1265,34 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
     {
         double bu = sqrt(ctl->smax2), bi = sqrt(ctl->sinv2), cn = 1.0,
                pn = 0.0, rn = 0.0, pmx = 0.0;
-        /* finite: a NaN or Inf in Zt, HU, Hg (their rows' norms in bu, bi),
-         * P (pn), R (rn) or P2 (cn) makes a bound below NaN or Inf, and the
-         * comparison with lim false (a product of an Inf with a zero norm
-         * is NaN) */
-        int ok;
-        for (int i = 0; i < me; ++i)
-            zn[i] = F(fs_dot)(d, Zt + (ptrdiff_t)i * d, Zt + (ptrdiff_t)i * d);
+        /* finite: a NaN or Inf in HU, Hext or Pf (their rows' norms in bu,
+         * bi, pn) or R (rn) or P2 (cn) makes a bound below NaN or Inf, and
+         * the comparison with lim false (a product of an Inf with a zero
+         * norm is NaN).  The rows of Hg = diag(dv) Hext and Zt = diag(dv) Pf
+         * have the norms |dv_i| ||Hext_i|| and |dv_i| ||Pf_i|| (to rounding):
+         * each at most lim, and dv_i finite in T (Hg's factor), so that
+         * their entries are finite */
+        int ok = 1;
+        double pf2 = 0.0;       /* sum of dv_i ||Pf_i||^2 = <Pf, Zt> */
         for (int i = 0; i < me; ++i) {
-            const T *hg = Hg + (ptrdiff_t)i * d, *hu = HU + (ptrdiff_t)i * d,
-                    *hx = Hx + (ptrdiff_t)i * d;
-            bu += sqrt(F(fs_dot)(d, hu, hu) * F(fs_dot)(d, hg, hg));
-            bi += sqrt(F(fs_dot)(d, hx, hx) * zn[i]);
+            const T *hu = HU + (ptrdiff_t)i * d, *hx = Hx + (ptrdiff_t)i * d,
+                    *pf = Pf + (ptrdiff_t)i * d;
+            const double hh = F(fs_dot)(d, hx, hx), pp = F(fs_dot)(d, pf, pf),
+                         gn = fabs(dv[i]) * sqrt(hh),
+                         zn = fabs(dv[i]) * sqrt(pp);
+            bu += sqrt(F(fs_dot)(d, hu, hu)) * gn;
+            bi += sqrt(hh) * zn;
+            ok = ok && gn <= lim && zn <= lim && isfinite((T)dv[i]);
+            pf2 += dv[i] * pp;
+            if (i < m)
+                pn += pp;
         }
+        pn = sqrt(pn);
         for (int j = 0; j < k; ++j)
             cn += fabs((double)gam[j]) * sqrt(F(fs_dot)(d, P1 + (ptrdiff_t)j * d,
                                                         P1 + (ptrdiff_t)j * d)
                                               * F(fs_dot)(d, P2 + (ptrdiff_t)j * d,
                                                           P2 + (ptrdiff_t)j * d));
-        pn = sqrt(F(fs_dot)(md, P, P));
         rn = sqrt(F(fs_dot)(md, R, R));
         pmx = F(fs_amax)(md, P);
         {   /* the cond bound after the update (§5), assigned with it:
@@ -1294,8 +1302,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
             const double by_factor = ctl->sinv2 / (lam_lo * lam_lo);
             nsinv2 = by_factor;
             if (lam_hi <= 1.0) {
-                double dF = F(fs_dot)((ptrdiff_t)me * d, Pe, Zt)
-                            + F(fs_dot)((ptrdiff_t)me * d, Pf, Zt);
+                double dF = F(fs_dot)((ptrdiff_t)me * d, Pe, Zt) + pf2;
                 dF = ctl->sinv2 + (dF > 0 ? dF : 0.0);
                 nsinv2 = dF < by_factor ? dF : by_factor;
             }
@@ -1308,7 +1315,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
             double trM = 0.0;
             for (int c = 0; c < d; ++c)
                 trM += M[(ptrdiff_t)c * d + c];
-            ok = bu <= lim && bi <= lim && nm <= lim
+            ok = ok && bu <= lim && bi <= lim && nm <= lim
                  && sqrt(fabs(trM)) * cn <= lim
                  && (ctl->cond_limit <= 0
                      || nsmax2 * nsinv2 <= FS_COND_HARD * FS_COND_HARD);
