@@ -96,6 +96,7 @@ cdef extern from "fs_kernels.h" nogil:
         void* dgeqrf
         void* dorgqr
         int avx2
+        int small_gemm
     fs_blas_table fs_blas
     int fs_blas_detect()
     enum: FS_ONLINE_DEFAULT_BLOCK
@@ -197,9 +198,26 @@ def _own_avx2(flag=None):
     (False) or back on (True, only where the CPU has them), for the tests
     that compare both paths; returns the previous setting.  Not thread-safe:
     no kernel may run meanwhile."""
-    cdef int old = fs_blas.avx2
+    cdef int old = fs_blas.avx2, small = fs_blas.small_gemm
     if flag is not None:
         fs_blas.avx2 = fs_blas_detect() if flag else 0
+        fs_blas.small_gemm = small
+    return bool(old)
+
+
+def _small_gemm(flag=None):
+    """Whether float32 products with a short inner dimension use the AVX2 +
+    FMA loops of src_c/fs_blas.h (fs_gemm_small_s; on by default when the
+    CPU has them) instead of BLAS.  With ``flag``: switch them off (False)
+    or back on (True, only where the CPU has them); returns the previous
+    setting.  Not thread-safe: no kernel may run meanwhile."""
+    cdef int old = fs_blas.small_gemm, avx2 = fs_blas.avx2
+    if flag is not None:
+        fs_blas.small_gemm = 0
+        if flag:
+            fs_blas_detect()
+            fs_blas.small_gemm = fs_blas.avx2
+            fs_blas.avx2 = avx2
     return bool(old)
 
 

@@ -74,6 +74,7 @@ typedef struct {
     fs_sgetrs_t *sgetrs; fs_dgetrs_t *dgetrs;
     fs_dsyev_t *dsyev;   fs_dgeqrf_t *dgeqrf; fs_dorgqr_t *dorgqr;
     int avx2;   /* use the AVX2 + FMA loops below (set by fs_blas_detect) */
+    int small_gemm;  /* use fs_sgemm_small (set by fs_blas_detect) */
 } fs_blas_table;
 
 /* The table the kernels use (defined in fs_kernels.c, filled by the host). */
@@ -185,6 +186,106 @@ FS_LEVEL2(double, d)
 #undef FS_LEVEL2
 #undef FS_SYR2
 
+/* Row-major float products C (m x n) = alpha op(A) B + beta C with a short
+ * inner dimension k and B not transposed, by AVX2 + FMA without packing:
+ * SciPy's OpenBLAS (0.3.30, Haswell kernels) took 20.8 us for H Uinv at
+ * m = 32, d = 128, most of it copying the d x d operand into its panels,
+ * and this 13 us (measured on AMD Zen 3).  Strips of 16 columns of B
+ * times blocks of 4 rows of op(A), 8 accumulators; each entry sums its k
+ * products in order.  Element (r, l) of op(A) is A[r * ars + l * acs].
+ * Used while op(A) has at most FS_SG_AMAX entries (it stays in the L1
+ * cache; at m = 64, k = 128 BLAS is as fast, at 128 faster) and B at most
+ * FS_SG_BMAX (in L2). */
+#define FS_SG_AMAX 4096
+#define FS_SG_BMAX 65536
+#if FS_HAVE_AVX2
+#include <immintrin.h>
+#define FS_SG_ROWS4(X) X(0) X(1) X(2) X(3)
+#define FS_SG_ROWS1(X) X(0)
+#define FS_SG_DECL(r)                                                         \
+    const float *a##r = A + r * ars;                                          \
+    __m256 c##r##0 = _mm256_setzero_ps(), c##r##1 = _mm256_setzero_ps();
+#define FS_SG_FMA(r)                                                          \
+    {                                                                         \
+        const __m256 a = _mm256_broadcast_ss(a##r + l * acs);                 \
+        c##r##0 = _mm256_fmadd_ps(a, b0, c##r##0);                            \
+        c##r##1 = _mm256_fmadd_ps(a, b1, c##r##1);                            \
+    }
+#define FS_SG_STORE(r)                                                        \
+    {                                                                         \
+        float *cr = C + r * ldc;                                              \
+        __m256 x0 = _mm256_mul_ps(va, c##r##0), x1 = _mm256_mul_ps(va, c##r##1); \
+        if (beta != 0.0f) {     /* (C is not read when beta = 0) */           \
+            x0 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr), x0);                \
+            x1 = _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr + 8), x1);            \
+        }                                                                     \
+        _mm256_storeu_ps(cr, x0);                                             \
+        _mm256_storeu_ps(cr + 8, x1);                                         \
+    }
+#define FS_SG_KERNEL(NAME, ROWS)                                              \
+static FS_AVX2_FN void NAME(ptrdiff_t k, float alpha, const float *A,         \
+                            ptrdiff_t ars, ptrdiff_t acs, const float *B,     \
+                            ptrdiff_t ldb, float beta, float *C,              \
+                            ptrdiff_t ldc)                                    \
+{                                                                             \
+    ROWS(FS_SG_DECL)                                                          \
+    for (ptrdiff_t l = 0; l < k; ++l) {                                       \
+        const __m256 b0 = _mm256_loadu_ps(B + l * ldb),                       \
+                     b1 = _mm256_loadu_ps(B + l * ldb + 8);                   \
+        ROWS(FS_SG_FMA)                                                       \
+    }                                                                         \
+    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);       \
+    ROWS(FS_SG_STORE)                                                         \
+}
+FS_SG_KERNEL(fs_sg_kernel4, FS_SG_ROWS4)
+FS_SG_KERNEL(fs_sg_kernel1, FS_SG_ROWS1)
+#undef FS_SG_KERNEL
+#undef FS_SG_STORE
+#undef FS_SG_FMA
+#undef FS_SG_DECL
+#undef FS_SG_ROWS1
+#undef FS_SG_ROWS4
+#endif
+
+/* 1 if C = alpha op(A) B + beta C was computed here (the shapes it serves,
+ * on a CPU with AVX2 and FMA), 0 if the caller is to compute it */
+static inline int fs_gemm_small_s(int ta, int tb, int m, int n, int k,
+                                  float alpha, const float *A, int lda,
+                                  const float *B, int ldb, float beta,
+                                  float *C, int ldc)
+{
+#if FS_HAVE_AVX2
+    if (!fs_blas.small_gemm || tb || n % 16 != 0 || m < 1 || n < 1 || k < 1
+        || (ptrdiff_t)m * k > FS_SG_AMAX || (ptrdiff_t)k * n > FS_SG_BMAX)
+        return 0;
+    const ptrdiff_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
+    for (ptrdiff_t j = 0; j < n; j += 16) {
+        ptrdiff_t i = 0;
+        for (; i + 4 <= m; i += 4)
+            fs_sg_kernel4(k, alpha, A + i * ars, ars, acs, B + j, ldb, beta,
+                          C + i * ldc + j, ldc);
+        for (; i < m; ++i)
+            fs_sg_kernel1(k, alpha, A + i * ars, ars, acs, B + j, ldb, beta,
+                          C + i * ldc + j, ldc);
+    }
+    return 1;
+#else
+    (void)ta; (void)tb; (void)m; (void)n; (void)k; (void)alpha; (void)A;
+    (void)lda; (void)B; (void)ldb; (void)beta; (void)C; (void)ldc;
+    return 0;
+#endif
+}
+/* (float64 products all go to BLAS) */
+static inline int fs_gemm_small_d(int ta, int tb, int m, int n, int k,
+                                  double alpha, const double *A, int lda,
+                                  const double *B, int ldb, double beta,
+                                  double *C, int ldc)
+{
+    (void)ta; (void)tb; (void)m; (void)n; (void)k; (void)alpha; (void)A;
+    (void)lda; (void)B; (void)ldb; (void)beta; (void)C; (void)ldc;
+    return 0;
+}
+
 /* Row-major wrappers, suffix _s / _d; trans arguments are 0 (no) or 1.
  * As in BLAS, C (or y) is not read when beta = 0. */
 #define FS_BLAS_WRAPPERS(T, S)                                                \
@@ -257,6 +358,9 @@ static inline void fs_gemm_##S(int ta, int tb, int m, int n, int k, T alpha,  \
         fs_ger_##S(m, n, alpha, A, ta ? 1 : lda, B, tb ? ldb : 1, C, ldc);    \
         return;                                                               \
     }                                                                         \
+    if (fs_gemm_small_##S(ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C,    \
+                          ldc))                                               \
+        return;                                                               \
     {   /* row-major C is column-major C^T = op(B)^T op(A)^T */               \
         const char cta = ta ? 'T' : 'N', ctb = tb ? 'T' : 'N';                \
         fs_blas.S##gemm(&ctb, &cta, &n, &m, &k, &alpha, B, &ldb, A, &lda,     \
@@ -368,9 +472,9 @@ FS_BLAS_WRAPPERS(double, d)
 /* The inverse of the n x n row-major A (double) in place, by Gauss-Jordan
  * elimination with partial (row) pivoting; piv: n ints of workspace.
  * Returns 0, or k + 1 when column k has no finite nonzero pivot.  For the
- * minibatch step's small systems: LAPACK's getrf and getrs took 14 us at
- * n = 32 (about 87 000 multiply-adds' worth of time, mostly overhead), this
- * 2-3 us.  Every operation is elementwise along a row (no reduction), so
+ * minibatch step's small systems: SciPy's LAPACK getrf and getrs took 13
+ * us at n = 32 (for about 44 000 multiply-adds, mostly overhead), this 7 us (its
+ * n^3 multiply-adds; equal at n = 64).  Every operation is elementwise along a row (no reduction), so
  * the portable copy and the AVX2 one (no FMA) give the same bits. */
 #define FS_GJ_INVERSE(NAME, ATTR)                                             \
 static ATTR int NAME(int n, double *restrict A, int *restrict piv)           \
@@ -398,9 +502,8 @@ static ATTR int NAME(int n, double *restrict A, int *restrict piv)           \
             }                                                                 \
         }                                                                     \
         /* column k of A becomes column k of the inverse (of the rows'        \
-         * permutation, undone below) */                                      \
-        /* (entry k of a row is stored after its loop: a scalar store      \
-         * before the vector loads of the same row stalled each row) */       \
+         * permutation, undone below); entry k of a row is stored after its   \
+         * loop (a scalar store before the loop's loads stalled each row) */  \
         const double r = 1.0 / rk[k];                                         \
         for (ptrdiff_t c = 0; c < n; ++c)                                     \
             rk[c] *= r;                                                       \

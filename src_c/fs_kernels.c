@@ -16,6 +16,7 @@ int fs_blas_detect(void)
 #else
     fs_blas.avx2 = 0;
 #endif
+    fs_blas.small_gemm = fs_blas.avx2;
     return fs_blas.avx2;
 }
 

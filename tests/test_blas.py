@@ -6,7 +6,8 @@ operands; these tests use non-square shapes so that a swapped dimension or
 flag cannot go unnoticed, and one-row / rank-one shapes, which the wrappers
 send to the BLAS-2 routines (rank-one and rank-two updates: to loops of
 their own, compiled for AVX2 + FMA, on CPUs that have them; both paths are
-tested).  Tiny products (at most FS_SMALL = 256
+tested), and float32 products with a short inner dimension, which go to a
+loop of their own on such CPUs (both paths tested).  Tiny products (at most FS_SMALL = 256
 multiply-adds) are computed by the wrappers' own loops: every shape is
 tested as it is (the loops) and scaled by 7 in each dimension (BLAS).
 """
@@ -62,6 +63,42 @@ def test_gemm(rng, dtype, ta, tb, m, n, k, beta, s, level2):
     expected = -2.0 * (A.T if ta else A) @ (B.T if tb else B) + beta * C
     _core._py_gemm(ta, tb, -2.0, A, B, beta, C)
     assert_close(C, expected, dtype)
+
+
+@pytest.fixture(params=["blas", "small"])
+def small_gemm(request):
+    """float32 products with a short inner dimension through BLAS, then
+    through fs_blas.h's AVX2 + FMA loop (fs_gemm_small_s; skipped on a CPU
+    without them)."""
+    want = request.param == "small"
+    old = _core._small_gemm(want)
+    try:
+        if want and not _core._small_gemm():
+            pytest.skip("this CPU has no AVX2 + FMA")
+        yield request.param
+    finally:
+        _core._small_gemm(old)
+
+
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("m,n,k", [(3, 16, 8), (5, 32, 7), (33, 48, 40),
+                                   (32, 128, 128), (128, 128, 32),
+                                   (64, 64, 64), (65, 64, 64), (16, 24, 16)])
+@pytest.mark.parametrize("alpha,beta", [(-2.0, 0.5), (1.0, 0.0), (0.5, 1.0)])
+def test_gemm_short_inner_dimension(rng, ta, m, n, k, alpha, beta,
+                                    small_gemm):
+    """The shapes the loop serves (n a multiple of 16, op(A) of at most 4096
+    entries; rows in blocks of four and one at a time) and some it leaves
+    to BLAS (65 x 64, n = 24), op(A) transposed or not; with beta = 0, C's
+    previous content (NaN) is not read."""
+    A = _rand(rng, (k, m) if ta else (m, k), np.float32)
+    B = _rand(rng, (k, n), np.float32)
+    C = (np.full((m, n), np.nan, np.float32) if beta == 0.0
+         else _rand(rng, (m, n), np.float32))
+    expected = (alpha * ((A.T if ta else A).astype(np.float64) @ B)
+                + (0.0 if beta == 0.0 else beta * C.astype(np.float64)))
+    _core._py_gemm(ta, False, alpha, A, B, beta, C)
+    assert_close(C, expected, np.float32)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
