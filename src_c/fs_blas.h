@@ -19,6 +19,7 @@
 #include <float.h>
 #include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 #define FS_BLAS_TYPES(T, S)                                                   \
 typedef void fs_##S##gemm_t(const char *ta, const char *tb, const int *m,      \
@@ -190,8 +191,8 @@ FS_LEVEL2(double, d)
  * inner dimension k and B not transposed, by AVX2 + FMA without packing:
  * SciPy's OpenBLAS (0.3.30, Haswell kernels) took 20.8 us for H Uinv at
  * m = 32, d = 128, most of it copying the d x d operand into its panels,
- * and this 13 us (measured on AMD Zen 3).  Strips of 16 columns of B
- * times blocks of 4 rows of op(A), 8 accumulators; each entry sums its k
+ * and this 12 us (measured on AMD Zen 3).  Strips of 16 columns of B
+ * times blocks of rows of op(A); each entry sums its k
  * products in order.  Element (r, l) of op(A) is A[r * ars + l * acs].
  * Used while op(A) has at most FS_SG_AMAX entries (it stays in the L1
  * cache; at m = 64, k = 128 BLAS is as fast, at 128 faster) and B at most
@@ -200,6 +201,7 @@ FS_LEVEL2(double, d)
 #define FS_SG_BMAX 65536
 #if FS_HAVE_AVX2
 #include <immintrin.h>
+#define FS_SG_ROWS6(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #define FS_SG_ROWS4(X) X(0) X(1) X(2) X(3)
 #define FS_SG_ROWS1(X) X(0)
 #define FS_SG_DECL(r)                                                         \
@@ -237,6 +239,7 @@ static FS_AVX2_FN void NAME(ptrdiff_t k, float alpha, const float *A,         \
     const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);       \
     ROWS(FS_SG_STORE)                                                         \
 }
+FS_SG_KERNEL(fs_sg_kernel6, FS_SG_ROWS6)
 FS_SG_KERNEL(fs_sg_kernel4, FS_SG_ROWS4)
 FS_SG_KERNEL(fs_sg_kernel1, FS_SG_ROWS1)
 #undef FS_SG_KERNEL
@@ -245,7 +248,22 @@ FS_SG_KERNEL(fs_sg_kernel1, FS_SG_ROWS1)
 #undef FS_SG_DECL
 #undef FS_SG_ROWS1
 #undef FS_SG_ROWS4
+#undef FS_SG_ROWS6
 #endif
+
+/* whether fs_gemm_small_s computes C (m x n) = alpha op(A) op(B) + beta C
+ * with these transpositions and sizes (on this CPU, now) */
+static inline int fs_gemm_small_takes(int tb, int m, int n, int k)
+{
+#if FS_HAVE_AVX2
+    return fs_blas.small_gemm && !tb && n % 16 == 0 && m >= 1 && n >= 1
+           && k >= 1 && (ptrdiff_t)m * k <= FS_SG_AMAX
+           && (ptrdiff_t)k * n <= FS_SG_BMAX;
+#else
+    (void)tb; (void)m; (void)n; (void)k;
+    return 0;
+#endif
+}
 
 /* 1 if C = alpha op(A) B + beta C was computed here (the shapes it serves,
  * on a CPU with AVX2 and FMA), 0 if the caller is to compute it */
@@ -255,12 +273,22 @@ static inline int fs_gemm_small_s(int ta, int tb, int m, int n, int k,
                                   float *C, int ldc)
 {
 #if FS_HAVE_AVX2
-    if (!fs_blas.small_gemm || tb || n % 16 != 0 || m < 1 || n < 1 || k < 1
-        || (ptrdiff_t)m * k > FS_SG_AMAX || (ptrdiff_t)k * n > FS_SG_BMAX)
+    if (!fs_gemm_small_takes(tb, m, n, k))
         return 0;
     const ptrdiff_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
+    /* blocks of 6 rows (12 accumulators), then of 4, then single rows; as
+     * many of 6 as leave a multiple of 4 */
+    ptrdiff_t n6 = m / 6;
+    for (ptrdiff_t t = n6; t >= 0; --t)
+        if ((m - 6 * t) % 4 == 0) {
+            n6 = t;
+            break;
+        }
     for (ptrdiff_t j = 0; j < n; j += 16) {
         ptrdiff_t i = 0;
+        for (; i < 6 * n6; i += 6)
+            fs_sg_kernel6(k, alpha, A + i * ars, ars, acs, B + j, ldb, beta,
+                          C + i * ldc + j, ldc);
         for (; i + 4 <= m; i += 4)
             fs_sg_kernel4(k, alpha, A + i * ars, ars, acs, B + j, ldb, beta,
                           C + i * ldc + j, ldc);
@@ -275,6 +303,41 @@ static inline int fs_gemm_small_s(int ta, int tb, int m, int n, int k,
     return 0;
 #endif
 }
+/* The upper triangle of C (n x n) = alpha (A^T B + B^T A) + beta C, A and
+ * B k x n, as alpha (T + T^T) + beta C with T = A^T B by fs_gemm_small_s
+ * (in 16 x 16 tiles); 1 if computed here, 0 if the caller is to (also when
+ * T's n x n floats cannot be allocated).  SciPy's OpenBLAS ssyr2k took 20
+ * us at n = 128, k = 32, this 16 (the update of M in a minibatch step). */
+static inline int fs_syr2k_small_s(int n, int k, float alpha, const float *A,
+                                   int lda, const float *B, int ldb,
+                                   float beta, float *C, int ldc)
+{
+    if (!fs_gemm_small_takes(0, n, n, k))
+        return 0;
+    float *Tm = malloc((size_t)n * n * sizeof(float));
+    if (Tm == NULL)
+        return 0;
+    fs_gemm_small_s(1, 0, n, n, k, 1.0f, A, lda, B, ldb, 0.0f, Tm, n);
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += 16)
+        for (ptrdiff_t j0 = i0; j0 < n; j0 += 16)
+            for (ptrdiff_t i = i0; i < i0 + 16 && i < n; ++i)
+                for (ptrdiff_t j = j0 > i ? j0 : i; j < j0 + 16 && j < n; ++j) {
+                    float *c = C + i * ldc + j;
+                    const float t = alpha * (Tm[i * n + j] + Tm[j * n + i]);
+                    *c = beta == 0.0f ? t : beta * *c + t;
+                }
+    free(Tm);
+    return 1;
+}
+static inline int fs_syr2k_small_d(int n, int k, double alpha,
+                                   const double *A, int lda, const double *B,
+                                   int ldb, double beta, double *C, int ldc)
+{
+    (void)n; (void)k; (void)alpha; (void)A; (void)lda; (void)B; (void)ldb;
+    (void)beta; (void)C; (void)ldc;
+    return 0;
+}
+
 /* (float64 products all go to BLAS) */
 static inline int fs_gemm_small_d(int ta, int tb, int m, int n, int k,
                                   double alpha, const double *A, int lda,
@@ -422,6 +485,8 @@ static inline void fs_syr2k_upper_trans_##S(int n, int k, T alpha,            \
             fs_syr2_upper_##S(n, alpha, A, B, C, ldc);                        \
         return;                                                               \
     }                                                                         \
+    if (fs_syr2k_small_##S(n, k, alpha, A, lda, B, ldb, beta, C, ldc))       \
+        return;                                                               \
     {   /* column-major: A^T is n x k, C^T's lower triangle */                \
         const char t = 'N';                                                   \
         fs_blas.S##syr2k(&uplo, &t, &n, &k, &alpha, A, &lda, B, &ldb, &beta,  \

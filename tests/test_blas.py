@@ -101,6 +101,30 @@ def test_gemm_short_inner_dimension(rng, ta, m, n, k, alpha, beta,
     assert_close(C, expected, np.float32)
 
 
+@pytest.mark.parametrize("n,k", [(16, 3), (48, 20), (128, 32), (40, 8),
+                                 (128, 40)])
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
+def test_syr2k_short_inner_dimension(rng, n, k, beta, small_gemm):
+    """The rank-2k update of a symmetric matrix's upper triangle in float32:
+    through T = A^T B and the short product's loop where it takes A^T B
+    (n a multiple of 16, n k <= 4096: the first three shapes), otherwise
+    BLAS; the lower triangle is not written, and with beta = 0 C is not
+    read (NaN there)."""
+    A = _rand(rng, (k, n), np.float32)
+    B = _rand(rng, (k, n), np.float32)
+    S = _rand(rng, (n, n), np.float32)
+    S = S + S.T
+    if beta == 0.0:
+        S[np.triu_indices(n)] = np.nan
+    lower = np.tril(S, -1).copy()
+    expected = (np.where(np.isnan(S), 0.0, beta * S.astype(np.float64))
+                - 0.5 * (A.T.astype(np.float64) @ B + B.T.astype(np.float64) @ A))
+    C = S.copy()
+    _core._py_syr2k_upper_trans(-0.5, A, B, beta, C)
+    assert_close(np.triu(C), np.triu(expected), np.float32)
+    assert np.array_equal(np.tril(C, -1), lower)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("trans", [False, True])
 @pytest.mark.parametrize("s", SCALES)
