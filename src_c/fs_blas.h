@@ -194,11 +194,14 @@ FS_LEVEL2(double, d)
  * and this 12 us (measured on AMD Zen 3).  Strips of 16 columns of B
  * times blocks of rows of op(A); each entry sums its k
  * products in order.  Element (r, l) of op(A) is A[r * ars + l * acs].
- * Used while op(A) has at most FS_SG_AMAX entries (it stays in the L1
- * cache; at m = 64, k = 128 BLAS is as fast, at 128 faster) and B at most
- * FS_SG_BMAX (in L2). */
+ * Used while B has at most FS_SG_BMAX entries (in L2) and op(A) at most
+ * FS_SG_AMAX (it stays in the L1 cache; at m = 64, k = 128 BLAS is as
+ * fast, at 128 faster), or, A not transposed, B at most FS_SG_NFEW
+ * columns (A is read once per strip: U H^T at d = 128, m = 32, 11 against
+ * 15 us). */
 #define FS_SG_AMAX 4096
 #define FS_SG_BMAX 65536
+#define FS_SG_NFEW 48
 #if FS_HAVE_AVX2
 #include <immintrin.h>
 #define FS_SG_ROWS6(X) X(0) X(1) X(2) X(3) X(4) X(5)
@@ -253,14 +256,14 @@ FS_SG_KERNEL(fs_sg_kernel1, FS_SG_ROWS1)
 
 /* whether fs_gemm_small_s computes C (m x n) = alpha op(A) op(B) + beta C
  * with these transpositions and sizes (on this CPU, now) */
-static inline int fs_gemm_small_takes(int tb, int m, int n, int k)
+static inline int fs_gemm_small_takes(int ta, int tb, int m, int n, int k)
 {
 #if FS_HAVE_AVX2
     return fs_blas.small_gemm && !tb && n % 16 == 0 && m >= 1 && n >= 1
-           && k >= 1 && (ptrdiff_t)m * k <= FS_SG_AMAX
-           && (ptrdiff_t)k * n <= FS_SG_BMAX;
+           && k >= 1 && (ptrdiff_t)k * n <= FS_SG_BMAX
+           && ((ptrdiff_t)m * k <= FS_SG_AMAX || (!ta && n <= FS_SG_NFEW));
 #else
-    (void)tb; (void)m; (void)n; (void)k;
+    (void)ta; (void)tb; (void)m; (void)n; (void)k;
     return 0;
 #endif
 }
@@ -273,7 +276,7 @@ static inline int fs_gemm_small_s(int ta, int tb, int m, int n, int k,
                                   float *C, int ldc)
 {
 #if FS_HAVE_AVX2
-    if (!fs_gemm_small_takes(tb, m, n, k))
+    if (!fs_gemm_small_takes(ta, tb, m, n, k))
         return 0;
     const ptrdiff_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
     /* blocks of 6 rows (12 accumulators), then of 4, then single rows; as
@@ -312,7 +315,7 @@ static inline int fs_syr2k_small_s(int n, int k, float alpha, const float *A,
                                    int lda, const float *B, int ldb,
                                    float beta, float *C, int ldc)
 {
-    if (!fs_gemm_small_takes(0, n, n, k))
+    if (!fs_gemm_small_takes(1, 0, n, n, k))
         return 0;
     float *Tm = malloc((size_t)n * n * sizeof(float));
     if (Tm == NULL)
