@@ -159,6 +159,8 @@ cdef extern from "fs_kernels.h" nogil:
                                 const float*, int, float, float*, int)
     void fs_syr2k_upper_trans_d(int, int, double, const double*, int,
                                 const double*, int, double, double*, int)
+    void fs_transpose_s(int, int, const float*, int, float*, int)
+    void fs_transpose_d(int, int, const double*, int, double*, int)
     void fs_gram_rows_s(int, int, const float*, int, float*, int)
     void fs_gram_rows_d(int, int, const double*, int, double*, int)
     int fs_getrf_s(int, float*, int, int*)
@@ -1073,6 +1075,19 @@ def _py_gemv(bint ta, double alpha, const floating[:, ::1] A,
     else:
         fs_gemv_d(ta, <int>A.shape[0], <int>A.shape[1], alpha, &A[0, 0],
                   <int>A.shape[1], &x[0], 1, beta, &y[0], 1)
+
+
+def _py_transpose(const floating[:, ::1] A, floating[:, ::1] B):
+    """B = A^T through fs_blas.h (B must be A.shape[::-1])."""
+    cdef int r = <int>A.shape[0], c = <int>A.shape[1]
+    if B.shape[0] != c or B.shape[1] != r:
+        raise ValueError("B must have A's shape reversed")
+    if r == 0 or c == 0:
+        return
+    if floating is float:
+        fs_transpose_s(r, c, &A[0, 0], c, &B[0, 0], r)
+    else:
+        fs_transpose_d(r, c, &A[0, 0], c, &B[0, 0], r)
 
 
 def _py_symm_right_upper(double alpha, const floating[:, ::1] A,

@@ -658,19 +658,6 @@ int F(fs_online)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
 }
 
 /* ------------------------------------------------- minibatch mode (§2) */
-/* B (c x r) = A^T, A r x c, row-major, in tiles that stay in cache */
-static void F(fs_transpose)(int r, int c, const T *restrict A, T *restrict B)
-{
-    enum { TILE = 16 };
-    for (int i0 = 0; i0 < r; i0 += TILE)
-        for (int j0 = 0; j0 < c; j0 += TILE) {
-            const int i1 = i0 + TILE < r ? i0 + TILE : r;
-            const int j1 = j0 + TILE < c ? j0 + TILE : c;
-            for (int j = j0; j < j1; ++j)
-                for (int i = i0; i < i1; ++i)
-                    B[(ptrdiff_t)j * r + i] = A[(ptrdiff_t)i * c + j];
-        }
-}
 
 /* the largest ||K^{-T} - I||_inf whose product with H Uinv is taken in T */
 #define FS_SMALL_STEP 0.0625
@@ -700,12 +687,12 @@ static void F(fs_forward_core)(ptrdiff_t D, int d, const T *V, const T *U,
         && fs_gemm_small_takes(0, 0, d, m, d)) {
         /* fs_gemm's AVX2 loop takes U H^T with H^T formed first (in HU's
          * space): 11 us at m = 32, d = 128 */
-        F(fs_transpose)(m, d, H, HU);
+        F(fs_transpose)(m, d, H, d, HU, m);
         F(fs_gemm)(0, 0, d, m, d, 1, U, d, HU, m, 0, HUM, m);
-        F(fs_transpose)(d, m, HUM, HU);
+        F(fs_transpose)(d, m, HUM, m, HU, d);
     } else if (m >= 4) {
         F(fs_gemm)(0, 1, d, m, d, 1, U, d, H, d, 0, HUM, m);
-        F(fs_transpose)(d, m, HUM, HU);
+        F(fs_transpose)(d, m, HUM, m, HU, d);
     } else {
         F(fs_gemm)(0, 1, m, d, d, 1, H, d, U, d, 0, HU, d);
     }

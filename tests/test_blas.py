@@ -101,6 +101,33 @@ def test_gemm_short_inner_dimension(rng, ta, m, n, k, alpha, beta,
     assert_close(C, expected, np.float32)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("r,c", [(1, 1), (8, 8), (13, 21), (16, 24),
+                                 (32, 128), (128, 32), (9, 64)])
+def test_transpose(rng, dtype, r, c, level2):
+    """B = A^T, in 8 x 8 blocks and edges (AVX2, float32) or tiles: a copy,
+    the same values either way."""
+    A = _rand(rng, (r, c), dtype)
+    B = np.full((c, r), np.nan, dtype)
+    _core._py_transpose(A, B)
+    assert np.array_equal(B, A.T)
+
+
+@pytest.mark.parametrize("m,n", [(32, 128), (5, 48), (7, 40)])
+def test_symm_short_inner_dimension(rng, m, n, small_gemm):
+    """C = alpha B S + beta C in float32 with S's upper triangle given (its
+    lower holds garbage, NaN): through a full copy of S and the short
+    product's loop where it takes B S (n a multiple of 16), else BLAS."""
+    S = _rand(rng, (n, n), np.float32)
+    S = S + S.T
+    B = _rand(rng, (m, n), np.float32)
+    C = _rand(rng, (m, n), np.float32)
+    expected = 1.5 * B.astype(np.float64) @ S + 2.0 * C
+    Su = np.triu(S) + np.tril(np.full((n, n), np.nan, np.float32), -1)
+    _core._py_symm_right_upper(1.5, Su, B, 2.0, C)
+    assert_close(C, expected, np.float32)
+
+
 @pytest.mark.parametrize("n,k", [(16, 3), (48, 20), (128, 32), (40, 8),
                                  (128, 40)])
 @pytest.mark.parametrize("beta", [0.0, 1.0, 0.5])
