@@ -321,18 +321,14 @@ static inline void fs_transpose_d(int r, int c, const double *A, int lda,
 }
 #undef FS_TRANSPOSE_TILES
 
+#if FS_HAVE_AVX2
 /* whether fs_gemm_small_s computes C (m x n) = alpha op(A) op(B) + beta C
  * with these transpositions and sizes (on this CPU, now) */
 static inline int fs_gemm_small_takes(int ta, int tb, int m, int n, int k)
 {
-#if FS_HAVE_AVX2
     return fs_blas.small_gemm && !tb && n % 16 == 0 && m >= 1 && n >= 1
            && k >= 1 && (ptrdiff_t)k * n <= FS_SG_BMAX
            && ((ptrdiff_t)m * k <= FS_SG_AMAX || (!ta && n <= FS_SG_NFEW));
-#else
-    (void)ta; (void)tb; (void)m; (void)n; (void)k;
-    return 0;
-#endif
 }
 
 /* 1 if C = alpha op(A) B + beta C was computed here (the shapes it serves,
@@ -342,7 +338,6 @@ static inline int fs_gemm_small_s(int ta, int tb, int m, int n, int k,
                                   const float *B, int ldb, float beta,
                                   float *C, int ldc)
 {
-#if FS_HAVE_AVX2
     if (!fs_gemm_small_takes(ta, tb, m, n, k))
         return 0;
     const ptrdiff_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
@@ -367,24 +362,18 @@ static inline int fs_gemm_small_s(int ta, int tb, int m, int n, int k,
                           C + i * ldc + j, ldc);
     }
     return 1;
-#else
-    (void)ta; (void)tb; (void)m; (void)n; (void)k; (void)alpha; (void)A;
-    (void)lda; (void)B; (void)ldb; (void)beta; (void)C; (void)ldc;
-    return 0;
-#endif
 }
 /* The upper triangle of C (n x n) = alpha (A^T B + B^T A) + beta C, A and
  * B k x n, as alpha (T + T^T) + beta C with T = A^T B by fs_gemm_small_s;
- * 1 if computed here, 0 if the caller is to (also when
- * T cannot be allocated).  SciPy's OpenBLAS ssyr2k took 20
- * us at n = 128, k = 32, this 16 (the update of M in a minibatch step). */
+ * 1 if computed here, 0 if the caller is to (also when T cannot be
+ * allocated).  SciPy's OpenBLAS ssyr2k took 20 us at n = 128, k = 32, this
+ * 16 (the update of M in a minibatch step). */
 static inline int fs_syr2k_small_s(int n, int k, float alpha, const float *A,
                                    int lda, const float *B, int ldb,
                                    float beta, float *C, int ldc)
 {
     if (!fs_gemm_small_takes(1, 0, n, n, k))
         return 0;
-#if FS_HAVE_AVX2
     float *Tm = malloc((size_t)n * n * sizeof(float));
     if (Tm == NULL)
         return 0;
@@ -405,11 +394,6 @@ static inline int fs_syr2k_small_s(int n, int k, float alpha, const float *A,
         }
     free(Tm);
     return 1;
-#else
-    (void)alpha; (void)A; (void)lda; (void)B; (void)ldb; (void)beta;
-    (void)C; (void)ldc;
-    return 0;
-#endif
 }
 /* C (m x n) = alpha B S + beta C with S (n x n) symmetric, its upper
  * triangle given, through a full copy of S and fs_gemm_small_s (1 if
@@ -433,33 +417,16 @@ static inline int fs_symm_small_s(int m, int n, float alpha, const float *S,
     free(F);
     return 1;
 }
-static inline int fs_symm_small_d(int m, int n, double alpha, const double *S,
-                                  int lds, const double *B, int ldb,
-                                  double beta, double *C, int ldc)
-{
-    (void)m; (void)n; (void)alpha; (void)S; (void)lds; (void)B; (void)ldb;
-    (void)beta; (void)C; (void)ldc;
-    return 0;
-}
-static inline int fs_syr2k_small_d(int n, int k, double alpha,
-                                   const double *A, int lda, const double *B,
-                                   int ldb, double beta, double *C, int ldc)
-{
-    (void)n; (void)k; (void)alpha; (void)A; (void)lda; (void)B; (void)ldb;
-    (void)beta; (void)C; (void)ldc;
-    return 0;
-}
-
+#else
+#define fs_gemm_small_takes(...) 0
+#define fs_gemm_small_s(...) 0
+#define fs_syr2k_small_s(...) 0
+#define fs_symm_small_s(...) 0
+#endif
 /* (float64 products all go to BLAS) */
-static inline int fs_gemm_small_d(int ta, int tb, int m, int n, int k,
-                                  double alpha, const double *A, int lda,
-                                  const double *B, int ldb, double beta,
-                                  double *C, int ldc)
-{
-    (void)ta; (void)tb; (void)m; (void)n; (void)k; (void)alpha; (void)A;
-    (void)lda; (void)B; (void)ldb; (void)beta; (void)C; (void)ldc;
-    return 0;
-}
+#define fs_gemm_small_d(...) 0
+#define fs_syr2k_small_d(...) 0
+#define fs_symm_small_d(...) 0
 
 /* Row-major wrappers, suffix _s / _d; trans arguments are 0 (no) or 1.
  * As in BLAS, C (or y) is not read when beta = 0. */

@@ -23,19 +23,25 @@ RTOL = {np.float32: 1e-5, np.float64: 1e-13}
 SCALES = [1, 7]
 
 
+def _switched(switch, want, param):
+    """A fixture's body: the kernels' switch (_core._own_avx2 or
+    _core._small_gemm) set to ``want`` for the test, then back; skipped on
+    a CPU without AVX2 + FMA when ``want``."""
+    old = switch(want)
+    try:
+        if want and not switch():
+            pytest.skip("this CPU has no AVX2 + FMA")
+        yield param
+    finally:
+        switch(old)
+
+
 @pytest.fixture(params=["blas", "avx2"])
 def level2(request):
     """The rank-one and rank-two updates through OpenBLAS (and fs_blas.h's
-    portable loop), then through its AVX2 + FMA loops (skipped on a CPU
-    without them)."""
-    want = request.param == "avx2"
-    old = _core._own_avx2(want)
-    try:
-        if want and not _core._own_avx2():
-            pytest.skip("this CPU has no AVX2 + FMA")
-        yield request.param
-    finally:
-        _core._own_avx2(old)
+    portable loop), then through its AVX2 + FMA loops."""
+    yield from _switched(_core._own_avx2, request.param == "avx2",
+                         request.param)
 
 
 def _rand(rng, shape, dtype):
@@ -68,16 +74,9 @@ def test_gemm(rng, dtype, ta, tb, m, n, k, beta, s, level2):
 @pytest.fixture(params=["blas", "small"])
 def small_gemm(request):
     """float32 products with a short inner dimension through BLAS, then
-    through fs_blas.h's AVX2 + FMA loop (fs_gemm_small_s; skipped on a CPU
-    without them)."""
-    want = request.param == "small"
-    old = _core._small_gemm(want)
-    try:
-        if want and not _core._small_gemm():
-            pytest.skip("this CPU has no AVX2 + FMA")
-        yield request.param
-    finally:
-        _core._small_gemm(old)
+    through fs_blas.h's AVX2 + FMA loop (fs_gemm_small_s)."""
+    yield from _switched(_core._small_gemm, request.param == "small",
+                         request.param)
 
 
 @pytest.mark.parametrize("ta", [False, True])
