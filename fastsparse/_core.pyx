@@ -167,7 +167,7 @@ cdef extern from "fs_kernels.h" nogil:
     int fs_getrf_d(int, double*, int, int*)
     int fs_getrs_s(int, int, const float*, int, const int*, float*, int)
     int fs_getrs_d(int, int, const double*, int, const int*, double*, int)
-    int fs_inverse_d(int, double*, int*)
+    int fs_inverse_d(int, double*, int*, double*)
 
 # The kernels call BLAS and LAPACK through this table: SciPy's.
 fs_blas.sgemm = <void*>cb.sgemm
@@ -1134,10 +1134,14 @@ def _py_inverse(double[:, ::1] A):
     if n == 0:
         return 0
     cdef int* piv = <int*>malloc(n * sizeof(int))
-    if piv == NULL:
+    cdef double* w = <double*>malloc(n * sizeof(double))
+    if piv == NULL or w == NULL:
+        free(piv)
+        free(w)
         raise MemoryError()
-    info = fs_inverse_d(n, &A[0, 0], piv)
+    info = fs_inverse_d(n, &A[0, 0], piv, w)
     free(piv)
+    free(w)
     return info
 
 

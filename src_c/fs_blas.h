@@ -616,14 +616,17 @@ FS_BLAS_WRAPPERS(double, d)
 #undef FS_BLAS_WRAPPERS
 
 /* The inverse of the n x n row-major A (double) in place, by Gauss-Jordan
- * elimination with partial (row) pivoting; piv: n ints of workspace.
- * Returns 0, or k + 1 when column k has no finite nonzero pivot.  For the
- * minibatch step's small systems: SciPy's LAPACK getrf and getrs took 13
- * us at n = 32 (for about 44 000 multiply-adds, mostly overhead), this 7 us (its
- * n^3 multiply-adds; equal at n = 64).  Every operation is elementwise along a row (no reduction), so
- * the portable copy and the AVX2 one (no FMA) give the same bits. */
+ * elimination with partial (row) pivoting; piv: n ints and w: n doubles of
+ * workspace.  Returns 0, or k + 1 when column k has no finite nonzero
+ * pivot.  For the minibatch step's small systems: SciPy's LAPACK getrf and
+ * getrs took 13 us at n = 32 (for about 44 000 multiply-adds, mostly
+ * overhead), this about 5 (its n^3 multiply-adds; two rows per pass over
+ * the pivot row, which w holds: 7.7 us one row at a time).  Every operation is elementwise along a row
+ * (no reduction), so the portable copy and the AVX2 one (no FMA) give the
+ * same bits. */
 #define FS_GJ_INVERSE(NAME, ATTR)                                             \
-static ATTR int NAME(int n, double *restrict A, int *restrict piv)           \
+static ATTR int NAME(int n, double *restrict A, int *restrict piv,           \
+                     double *restrict w)                                      \
 {                                                                             \
     for (ptrdiff_t k = 0; k < n; ++k) {                                       \
         ptrdiff_t p = -1;                                                     \
@@ -648,21 +651,36 @@ static ATTR int NAME(int n, double *restrict A, int *restrict piv)           \
             }                                                                 \
         }                                                                     \
         /* column k of A becomes column k of the inverse (of the rows'        \
-         * permutation, undone below); entry k of a row is stored after its   \
-         * loop (a scalar store before the loop's loads stalled each row) */  \
+         * permutation, undone below): w = the scaled pivot row, entry k      \
+         * 1 / pivot; every other row i -= A[i][k] w, its entry k then        \
+         * -A[i][k] / pivot (stored after the row's loop: a scalar store      \
+         * before its loads stalled each row) */                              \
         const double r = 1.0 / rk[k];                                         \
         for (ptrdiff_t c = 0; c < n; ++c)                                     \
-            rk[c] *= r;                                                       \
-        rk[k] = r;                                                            \
-        for (ptrdiff_t i = 0; i < n; ++i) {                                   \
+            w[c] = rk[c] * r;                                                 \
+        w[k] = r;                                                             \
+        ptrdiff_t i = 0;                                                      \
+        for (; i + 2 <= n; i += 2) {                                          \
+            double *r0 = A + i * n, *r1 = r0 + n;                             \
+            const double f0 = i == k ? 0.0 : r0[k],                           \
+                         f1 = i + 1 == k ? 0.0 : r1[k];                       \
+            for (ptrdiff_t c = 0; c < n; ++c) {                               \
+                const double x = w[c];                                        \
+                r0[c] -= f0 * x;                                              \
+                r1[c] -= f1 * x;                                              \
+            }                                                                 \
+            r0[k] = -(f0 * r);                                                \
+            r1[k] = -(f1 * r);                                                \
+        }                                                                     \
+        for (; i < n; ++i) {                                                  \
             double *ri = A + i * n;                                           \
-            const double f = ri[k];                                           \
-            if (i == k || f == 0.0)                                           \
-                continue;                                                     \
+            const double f = i == k ? 0.0 : ri[k];                            \
             for (ptrdiff_t c = 0; c < n; ++c)                                 \
-                ri[c] -= f * rk[c];                                           \
+                ri[c] -= f * w[c];                                            \
             ri[k] = -(f * r);                                                 \
         }                                                                     \
+        for (ptrdiff_t c = 0; c < n; ++c)   /* (row k took 0 w above) */      \
+            rk[c] = w[c];                                                     \
     }                                                                         \
     /* the row interchanges permuted the inverse's columns */                 \
     for (ptrdiff_t k = n - 1; k >= 0; --k)                                    \
@@ -681,13 +699,13 @@ FS_GJ_INVERSE(fs_inverse_avx2_d, FS_AVX2_EXACT_FN)
 #endif
 #undef FS_GJ_INVERSE
 
-static inline int fs_inverse_d(int n, double *A, int *piv)
+static inline int fs_inverse_d(int n, double *A, int *piv, double *w)
 {
 #if FS_HAVE_AVX2
     if (FS_USE_AVX2)
-        return fs_inverse_avx2_d(n, A, piv);
+        return fs_inverse_avx2_d(n, A, piv, w);
 #endif
-    return fs_inverse_port_d(n, A, piv);
+    return fs_inverse_port_d(n, A, piv, w);
 }
 
 #endif

@@ -661,8 +661,9 @@ int F(fs_online)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
 
 /* the largest ||K^{-T} - I||_inf whose product with H Uinv is taken in T */
 #define FS_SMALL_STEP 0.0625
-/* the largest system K inverted by Gauss-Jordan (measured with SciPy's
- * OpenBLAS: 7 against 13 us at 32, 22 against 26 at 48, equal at 64) */
+/* the largest system K inverted by Gauss-Jordan (against SciPy's LAPACK
+ * getrf + getrs: 5-7 against 13 us at 32, 14-21 against 27 at 48, equal
+ * at 64) */
 #define FS_GJ_MAX 48
 
 /* H U^T, (H U^T) M, q, s, omega.h, sv.(U h) and the outputs a at the
@@ -1091,8 +1092,8 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
             goto out;
         }
         Ki = FS_TAKE(&wb, (ptrdiff_t)me * me, double);
-        if (me > FS_GJ_MAX)
-            Km = FS_TAKE(&wb, (ptrdiff_t)me * me, double);
+        /* the LU (or the inverse's workspace) */
+        Km = FS_TAKE(&wb, me > FS_GJ_MAX ? (ptrdiff_t)me * me : me, double);
         X = FS_TAKE(&wb, (ptrdiff_t)me * me, T);
         if (sizeof(T) != sizeof(double)) {     /* large steps, below */
             Ped = FS_TAKE(&wb, med, double);
@@ -1147,7 +1148,7 @@ int F(fs_batch)(ptrdiff_t D, int d, T *V, T *U, T *Uinv, T *M, T *omega,
                     Ki[(ptrdiff_t)i * me + j] = (double)(i == j);
                 }
             }
-        if (gj ? fs_inverse_d(me, Ki, ipiv) != 0
+        if (gj ? fs_inverse_d(me, Ki, ipiv, Km) != 0
                : fs_getrf_d(me, Km, me, ipiv) != 0) {
             status = FS_SINGULAR;
             goto out;
