@@ -76,7 +76,7 @@ typedef struct {
     fs_sgetrs_t *sgetrs; fs_dgetrs_t *dgetrs;
     fs_dsyev_t *dsyev;   fs_dgeqrf_t *dgeqrf; fs_dorgqr_t *dorgqr;
     int avx2;   /* use the AVX2 + FMA loops below (set by fs_blas_detect) */
-    int small_gemm;  /* use fs_sgemm_small (set by fs_blas_detect) */
+    int small_gemm;  /* use fs_gemm_small_s below (set by fs_blas_detect) */
 } fs_blas_table;
 
 /* The table the kernels use (defined in fs_kernels.c, filled by the host). */
@@ -188,13 +188,12 @@ FS_LEVEL2(double, d)
 #undef FS_LEVEL2
 #undef FS_SYR2
 
-/* Row-major float products C (m x n) = alpha op(A) B + beta C with a short
- * inner dimension k and B not transposed, by AVX2 + FMA without packing:
- * SciPy's OpenBLAS (0.3.30, Haswell kernels) took 20.8 us for H Uinv at
- * m = 32, d = 128, most of it copying the d x d operand into its panels,
- * and this 12 us (measured on AMD Zen 3).  Strips of 16 columns of B
- * times blocks of rows of op(A); each entry sums its k
- * products in order.  Element (r, l) of op(A) is A[r * ars + l * acs].
+/* Small row-major float products C (m x n) = alpha op(A) B + beta C, B not
+ * transposed, by AVX2 + FMA without packing: SciPy's OpenBLAS (0.3.30,
+ * Haswell kernels) took 20.8 us for H Uinv at m = 32, d = 128, most of it
+ * copying the d x d operand into its panels, and this 12 us (measured on
+ * AMD Zen 3).  Strips of 16 columns of B times blocks of rows of op(A);
+ * each entry sums its k products in order.  Element (r, l) of op(A) is A[r * ars + l * acs].
  * Used while B has at most FS_SG_BMAX entries (in L2) and op(A) at most
  * FS_SG_AMAX (it stays in the L1 cache; at m = 64, k = 128 BLAS is as
  * fast, at 128 faster), or, A not transposed, B at most FS_SG_NFEW
@@ -408,9 +407,12 @@ static inline int fs_symm_small_s(int m, int n, float alpha, const float *S,
     float *F = malloc((size_t)n * n * sizeof(float));
     if (F == NULL)
         return 0;
-    /* F = the transpose of S's storage (its upper triangle becomes F's
-     * lower), then S's upper triangle by rows */
-    fs_transpose_s(n, n, S, lds, F, n);
+    /* F's lower triangle: the transposes of S's upper 8 x 8 blocks (n is a
+     * multiple of 16 here; the diagonal blocks' other half is overwritten
+     * next), then S's upper triangle by rows */
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += 8)
+        for (ptrdiff_t j0 = i0; j0 < n; j0 += 8)
+            fs_tr8x8_s(S + i0 * lds + j0, lds, F + j0 * n + i0, n);
     for (ptrdiff_t i = 0; i < n; ++i)
         memcpy(F + i * n + i, S + i * lds + i, (size_t)(n - i) * sizeof(float));
     fs_gemm_small_s(0, 0, m, n, n, alpha, B, ldb, F, n, beta, C, ldc);
@@ -621,9 +623,9 @@ FS_BLAS_WRAPPERS(double, d)
  * pivot.  For the minibatch step's small systems: SciPy's LAPACK getrf and
  * getrs took 13 us at n = 32 (for about 44 000 multiply-adds, mostly
  * overhead), this about 5 (its n^3 multiply-adds; two rows per pass over
- * the pivot row, which w holds: 7.7 us one row at a time).  Every operation is elementwise along a row
- * (no reduction), so the portable copy and the AVX2 one (no FMA) give the
- * same bits. */
+ * the pivot row, which w holds: 7.7 us one row at a time).  Every
+ * operation is elementwise along a row (no reduction), so the portable
+ * copy and the AVX2 one (no FMA) give the same bits. */
 #define FS_GJ_INVERSE(NAME, ATTR)                                             \
 static ATTR int NAME(int n, double *restrict A, int *restrict piv,           \
                      double *restrict w)                                      \
