@@ -6,8 +6,8 @@ operands; these tests use non-square shapes so that a swapped dimension or
 flag cannot go unnoticed, and one-row / rank-one shapes, which the wrappers
 send to the BLAS-2 routines (rank-one and rank-two updates: to loops of
 their own, compiled for AVX2 + FMA, on CPUs that have them; both paths are
-tested), and float32 products with a short inner dimension, which go to a
-loop of their own on such CPUs (both paths tested).  Tiny products (at most FS_SMALL = 256
+tested), and small float32 products, which go to a loop of their own on
+such CPUs (both paths tested).  Tiny products (at most FS_SMALL = 256
 multiply-adds) are computed by the wrappers' own loops: every shape is
 tested as it is (the loops) and scaled by 7 in each dimension (BLAS).
 """
@@ -87,7 +87,7 @@ def small_gemm(request):
 def test_gemm_short_inner_dimension(rng, ta, m, n, k, alpha, beta,
                                     small_gemm):
     """The shapes the loop serves (n a multiple of 16, op(A) of at most 4096
-    entries; rows in blocks of four and one at a time) and some it leaves
+    entries; rows in blocks of six, four and one) and some it leaves
     to BLAS (65 x 64, n = 24), op(A) transposed or not; with beta = 0, C's
     previous content (NaN) is not read."""
     A = _rand(rng, (k, m) if ta else (m, k), np.float32)
@@ -337,7 +337,7 @@ def test_inverse_reports_singular():
     pivot (its reciprocal would hide it)."""
     A = np.eye(4)
     A[:, 2] = 0.0
-    assert [info for info, _ in _inverse_both_copies(A)][0] == 3
+    assert all(info == 3 for info, _ in _inverse_both_copies(A))
     for bad in (np.nan, np.inf):
         A = np.eye(4)
         A[1, 1] = bad
