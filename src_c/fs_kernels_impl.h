@@ -16,19 +16,7 @@
  * bits; the portable build's integer maximum and double conversions were
  * several times slower), called when the CPU has AVX2 (FS_USE_AVX2). */
 
-/* x . y in double, in four partial sums */
-#define FS_DOT_BODY                                                           \
-    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;                            \
-    ptrdiff_t c = 0;                                                          \
-    for (; c + 4 <= n; c += 4) {                                              \
-        a0 += (double)x[c] * y[c];                                            \
-        a1 += (double)x[c + 1] * y[c + 1];                                    \
-        a2 += (double)x[c + 2] * y[c + 2];                                    \
-        a3 += (double)x[c + 3] * y[c + 3];                                    \
-    }                                                                         \
-    for (; c < n; ++c)                                                        \
-        a0 += (double)x[c] * y[c];                                            \
-    return (a0 + a1) + (a2 + a3);
+/* (x . y in double: FS_DOT_BODY, fs_sparse.h, shared with the gathers) */
 
 /* max |x[c]|; NaN if x holds a NaN.  On the bit patterns with the sign
  * cleared: as unsigned integers they order like |x|, with every NaN above
@@ -684,15 +672,15 @@ static void F(fs_forward_core)(ptrdiff_t D, int d, const T *V, const T *U,
      * d = 128: 15.8 against 22.0 us; m = 128, d = 512: 0.76 against 0.84
      * ms); the d x m result goes through HUM's space.  (A few rows: the
      * BLAS-2 routines, through the wrapper.) */
-    if (m >= 4 && sizeof(T) == sizeof(float)
-        && fs_gemm_small_takes(0, 0, d, m, d)) {
-        /* fs_gemm's AVX2 loop takes U H^T with H^T formed first (in HU's
-         * space): 11 us at m = 32, d = 128 */
-        F(fs_transpose)(m, d, H, d, HU, m);
-        F(fs_gemm)(0, 0, d, m, d, 1, U, d, HU, m, 0, HUM, m);
-        F(fs_transpose)(d, m, HUM, m, HU, d);
-    } else if (m >= 4) {
-        F(fs_gemm)(0, 1, d, m, d, 1, U, d, H, d, 0, HUM, m);
+    if (m >= 4) {
+        if (sizeof(T) == sizeof(float) && fs_gemm_small_takes(0, 0, d, m, d)) {
+            /* fs_gemm's AVX2 loop takes U H^T with H^T formed first (in
+             * HU's space): 11 us at m = 32, d = 128 */
+            F(fs_transpose)(m, d, H, d, HU, m);
+            F(fs_gemm)(0, 0, d, m, d, 1, U, d, HU, m, 0, HUM, m);
+        } else {
+            F(fs_gemm)(0, 1, d, m, d, 1, U, d, H, d, 0, HUM, m);
+        }
         F(fs_transpose)(d, m, HUM, m, HU, d);
     } else {
         F(fs_gemm)(0, 1, m, d, d, 1, H, d, U, d, 0, HU, d);
@@ -1397,7 +1385,6 @@ out:
 #undef FS_TWO_COPIES
 #undef FS_COND_HARD
 #undef FS_OUT_MAX
-#undef FS_DOT_BODY
 #undef FS_AMAX_BODY
 #undef FS_FINITE_BODY
 #undef F

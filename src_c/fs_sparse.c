@@ -43,25 +43,16 @@ void fs_touch_rows_##S(const T *V, ptrdiff_t ldv, const int64_t *idx,         \
     (void)sink;                                                               \
 }                                                                             \
                                                                               \
+static inline double fs_row_dot_##S(ptrdiff_t n, const T *restrict x,        \
+                                    const T *restrict y) { FS_DOT_BODY }      \
+                                                                              \
 void fs_gather_dots_##S(const T *V, ptrdiff_t ldv, const int64_t *idx,        \
                         ptrdiff_t n, const T *u, ptrdiff_t d, T *out)         \
 {                                                                             \
     for (ptrdiff_t k = 0; k < n; ++k) {                                       \
-        const T *row = V + (ptrdiff_t)idx[k] * ldv;                           \
-        double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;                        \
-        ptrdiff_t c = 0;                                                      \
         if (k + 1 < n)  /* the next row is a cache miss: start loading it */  \
             FS_PREFETCH_ROW(V + (ptrdiff_t)idx[k + 1] * ldv, d);              \
-        /* four accumulators in double: no serial chain of d additions */     \
-        for (; c + 4 <= d; c += 4) {                                          \
-            a0 += (double)row[c] * u[c];                                      \
-            a1 += (double)row[c + 1] * u[c + 1];                              \
-            a2 += (double)row[c + 2] * u[c + 2];                              \
-            a3 += (double)row[c + 3] * u[c + 3];                              \
-        }                                                                     \
-        for (; c < d; ++c)                                                    \
-            a0 += (double)row[c] * u[c];                                      \
-        out[k] = (T)((a0 + a1) + (a2 + a3));                                  \
+        out[k] = (T)fs_row_dot_##S(d, V + (ptrdiff_t)idx[k] * ldv, u);        \
     }                                                                         \
 }                                                                             \
                                                                               \

@@ -46,6 +46,23 @@ static inline fs_groups fs_groups_in(int64_t *work, ptrdiff_t nnz)
     return g;
 }
 
+/* The body of x . y over n entries, in double, in four partial sums (no
+ * serial chain of n additions; their order is fixed, so results are
+ * deterministic): the kernels' dot products (fs_kernels_impl.h) and the
+ * gathers below, one order of summation for both. */
+#define FS_DOT_BODY                                                           \
+    double a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0;                            \
+    ptrdiff_t c = 0;                                                          \
+    for (; c + 4 <= n; c += 4) {                                              \
+        a0 += (double)x[c] * y[c];                                            \
+        a1 += (double)x[c + 1] * y[c + 1];                                    \
+        a2 += (double)x[c + 2] * y[c + 2];                                    \
+        a3 += (double)x[c + 3] * y[c + 3];                                    \
+    }                                                                         \
+    for (; c < n; ++c)                                                        \
+        a0 += (double)x[c] * y[c];                                            \
+    return (a0 + a1) + (a2 + a3);
+
 #define FS_DECLARE(T, S)                                                      \
 /* A hint to bring the rows V[idx[k]], k < n, into the cache (no effect on   \
  * results): issued before other work, their memory latency overlaps it.    \
