@@ -97,8 +97,10 @@ cdef extern from "fs_kernels.h" nogil:
         void* dorgqr
         int avx2
         int small_gemm
+        int avx512
     fs_blas_table fs_blas
     int fs_blas_detect()
+    int fs_sg_route(int, int, int, int, int)
     enum: FS_ONLINE_DEFAULT_BLOCK
     ctypedef struct fs_control:
         double lr, wd, split, cond_limit, scale_limit, norm_limit
@@ -221,6 +223,20 @@ def _small_gemm(flag=None):
             fs_blas.small_gemm = fs_blas.avx2
             fs_blas.avx2 = avx2
     return bool(old)
+
+
+def _small_gemm_route(bint ta, int form, int m, int n, int k):
+    """How fs_blas.h's float32 loop would compute C (m x n) = alpha op(A)
+    op(B) + beta C now (form of op(B): 0 B, 1 B^T, 2 symmetric from its
+    upper triangle): 0 it would not (BLAS), 1 with B read in place, 2 with
+    op(B)'s strips packed (fs_sg_route; for the tests)."""
+    return fs_sg_route(ta, form, m, n, k)
+
+
+def _cpu_avx512():
+    """Whether the CPU has AVX-512F (fs_blas_detect): the float32 loop's
+    packed route is off there (BLAS's kernels are twice as wide)."""
+    return bool(fs_blas.avx512)
 
 
 # ------------------------------------------------------- call bookkeeping

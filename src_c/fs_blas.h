@@ -77,6 +77,7 @@ typedef struct {
     fs_dsyev_t *dsyev;   fs_dgeqrf_t *dgeqrf; fs_dorgqr_t *dorgqr;
     int avx2;   /* use the AVX2 + FMA loops below (set by fs_blas_detect) */
     int small_gemm;  /* use fs_gemm_small_s below (set by fs_blas_detect) */
+    int avx512;  /* the CPU has AVX-512F (set by fs_blas_detect) */
 } fs_blas_table;
 
 /* The table the kernels use (defined in fs_kernels.c, filled by the host). */
@@ -188,20 +189,30 @@ FS_LEVEL2(double, d)
 #undef FS_LEVEL2
 #undef FS_SYR2
 
-/* Small row-major float products C (m x n) = alpha op(A) B + beta C, B not
- * transposed, by AVX2 + FMA without packing: SciPy's OpenBLAS (0.3.30,
- * Haswell kernels) took 20.8 us for H Uinv at m = 32, d = 128, most of it
- * copying the d x d operand into its panels, and this 12 us (measured on
- * AMD Zen 3).  Strips of 16 columns of B times blocks of rows of op(A);
- * each entry sums its k products in order.  Element (r, l) of op(A) is A[r * ars + l * acs].
- * Used while B has at most FS_SG_BMAX entries (in L2) and op(A) at most
- * FS_SG_AMAX (it stays in the L1 cache; at m = 64, k = 128 BLAS is as
- * fast, at 128 faster), or, A not transposed, B at most FS_SG_NFEW
- * columns (A is read once per strip: U H^T at d = 128, m = 32, 11 against
- * 15 us). */
+/* Row-major float products C (m x n) = alpha op(A) op(B) + beta C by AVX2
+ * + FMA: strips of 16 columns of op(B) times blocks of 6, 4 and 1 rows of
+ * op(A), each entry summing its k products in order.  Element (r, l) of
+ * op(A) is A[r * ars + l * acs].  SciPy's OpenBLAS (0.3.30, Haswell
+ * kernels) copies its first column-major operand -- our B -- into panels
+ * one element at a time (measured on AMD Zen 3: 17 % of H Uinv at m = 128,
+ * d = 512; 3.7 % in Debian's 0.3.21 with its Zen kernels); this loop:
+ * - reads B in place ("direct") while B is not transposed, has at most
+ *   FS_SG_BMAX entries (in L2) and op(A) at most FS_SG_AMAX (in L1), or,
+ *   A not transposed, B at most FS_SG_NFEW columns (A read once per strip):
+ *   H Uinv at m = 32, d = 128 in 12 against 20.8 us;
+ * - otherwise, op(A) not transposed and of at most FS_SG_MMAX rows, copies
+ *   each strip of op(B) (k x 16: B's rows, B^T's, or a symmetric matrix's
+ *   from its upper triangle) into a buffer first ("packed"): 0.77 to 0.90
+ *   of BLAS's time from m = 16 to 256 rows at d = 512 (H Uinv at m = 128,
+ *   d = 512: 815 against 909 us), 0.93 at 300, equal at 512.
+ * op(A) transposed and larger (the rank-m updates of d x d matrices):
+ * BLAS, as fast (the loop: 1.09 to 1.15 of its time).  The limits were
+ * measured on this one CPU and SciPy build; CPUs with AVX-512 keep BLAS for
+ * the packed shapes (fs_blas_detect; its kernels are twice as wide). */
 #define FS_SG_AMAX 4096
 #define FS_SG_BMAX 65536
 #define FS_SG_NFEW 48
+#define FS_SG_MMAX 320
 #if FS_HAVE_AVX2
 #include <immintrin.h>
 #define FS_SG_ROWS6(X) X(0) X(1) X(2) X(3) X(4) X(5)
@@ -320,24 +331,67 @@ static inline void fs_transpose_d(int r, int c, const double *A, int lda,
 }
 #undef FS_TRANSPOSE_TILES
 
+/* the forms of op(B) the loop reads: B, B^T, or the symmetric matrix whose
+ * upper triangle B holds */
+enum { FS_SG_B = 0, FS_SG_BT = 1, FS_SG_SYM = 2 };
 #if FS_HAVE_AVX2
-/* whether fs_gemm_small_s computes C (m x n) = alpha op(A) op(B) + beta C
- * with these transpositions and sizes (on this CPU, now) */
-static inline int fs_gemm_small_takes(int ta, int tb, int m, int n, int k)
+
+/* how fs_sg_product computes C (m x n) = alpha op(A) op(B) + beta C (op(B)
+ * of that form, k x n) on this CPU, now: 0 it does not (BLAS), 1 with B
+ * read in place, 2 with op(B)'s strips packed */
+static inline int fs_sg_route(int ta, int form, int m, int n, int k)
 {
-    return fs_blas.small_gemm && !tb && n % 16 == 0 && m >= 1 && n >= 1
-           && k >= 1 && (ptrdiff_t)k * n <= FS_SG_BMAX
-           && ((ptrdiff_t)m * k <= FS_SG_AMAX || (!ta && n <= FS_SG_NFEW));
+    if (!fs_blas.small_gemm || n % 16 != 0 || m < 1 || n < 1 || k < 1)
+        return 0;
+    if (form == FS_SG_B && (ptrdiff_t)k * n <= FS_SG_BMAX
+        && ((ptrdiff_t)m * k <= FS_SG_AMAX || (!ta && n <= FS_SG_NFEW)))
+        return 1;
+    return !ta && m <= FS_SG_MMAX && !fs_blas.avx512 ? 2 : 0;
 }
 
-/* 1 if C = alpha op(A) B + beta C was computed here (the shapes it serves,
- * on a CPU with AVX2 and FMA), 0 if the caller is to compute it */
-static inline int fs_gemm_small_s(int ta, int tb, int m, int n, int k,
-                                  float alpha, const float *A, int lda,
-                                  const float *B, int ldb, float beta,
-                                  float *C, int ldc)
+/* P (k x 16) <- columns j .. j + 15 of op(B) (k x n): B's rows as they
+ * are; B^T's from B's rows j .. j + 15 in 8 x 8 transposes; S's as they
+ * are above the strip's diagonal block, transposed below it (S's upper
+ * triangle, by symmetry), element by element within it */
+static FS_AVX2_FN void fs_sg_pack(int form, ptrdiff_t k, const float *B,
+                                  ptrdiff_t ldb, ptrdiff_t j, float *P)
 {
-    if (!fs_gemm_small_takes(ta, tb, m, n, k))
+    ptrdiff_t l = form == FS_SG_B ? k : form == FS_SG_SYM ? j : 0;
+    for (ptrdiff_t i = 0; i < l; ++i) {
+        const float *b = B + i * ldb + j;
+        _mm256_storeu_ps(P + i * 16, _mm256_loadu_ps(b));
+        _mm256_storeu_ps(P + i * 16 + 8, _mm256_loadu_ps(b + 8));
+    }
+    if (form == FS_SG_B)
+        return;
+    if (form == FS_SG_SYM) {
+        for (ptrdiff_t r = 0; r < 16; ++r)
+            for (ptrdiff_t c = 0; c < 16; ++c)
+                P[(j + r) * 16 + c] = r <= c ? B[(j + r) * ldb + j + c]
+                                             : B[(j + c) * ldb + j + r];
+        l = j + 16;
+    }
+    for (; l + 8 <= k; l += 8) {
+        fs_tr8x8_s(B + j * ldb + l, ldb, P + l * 16, 16);
+        fs_tr8x8_s(B + (j + 8) * ldb + l, ldb, P + l * 16 + 8, 16);
+    }
+    for (; l < k; ++l)
+        for (ptrdiff_t r = 0; r < 16; ++r)
+            P[l * 16 + r] = B[(j + r) * ldb + l];
+}
+
+/* 1 if C = alpha op(A) op(B) + beta C (op(B) of that form) was computed
+ * here, 0 if the caller is to compute it (also when the strip's buffer
+ * cannot be allocated) */
+static inline int fs_sg_product(int ta, int form, int m, int n, int k,
+                                float alpha, const float *A, int lda,
+                                const float *B, int ldb, float beta,
+                                float *C, int ldc)
+{
+    const int route = fs_sg_route(ta, form, m, n, k);
+    float *P = NULL;
+    if (route == 0
+        || (route == 2 && (P = malloc((size_t)k * 16 * sizeof(float))) == NULL))
         return 0;
     const ptrdiff_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
     /* blocks of 6 rows (12 accumulators), then of 4, then single rows; as
@@ -349,18 +403,40 @@ static inline int fs_gemm_small_s(int ta, int tb, int m, int n, int k,
             break;
         }
     for (ptrdiff_t j = 0; j < n; j += 16) {
+        const float *Bj = B + j;
+        ptrdiff_t lb = ldb;
+        if (P != NULL) {
+            fs_sg_pack(form, k, B, ldb, j, P);
+            Bj = P;
+            lb = 16;
+        }
         ptrdiff_t i = 0;
         for (; i < 6 * n6; i += 6)
-            fs_sg_kernel6(k, alpha, A + i * ars, ars, acs, B + j, ldb, beta,
+            fs_sg_kernel6(k, alpha, A + i * ars, ars, acs, Bj, lb, beta,
                           C + i * ldc + j, ldc);
         for (; i + 4 <= m; i += 4)
-            fs_sg_kernel4(k, alpha, A + i * ars, ars, acs, B + j, ldb, beta,
+            fs_sg_kernel4(k, alpha, A + i * ars, ars, acs, Bj, lb, beta,
                           C + i * ldc + j, ldc);
         for (; i < m; ++i)
-            fs_sg_kernel1(k, alpha, A + i * ars, ars, acs, B + j, ldb, beta,
+            fs_sg_kernel1(k, alpha, A + i * ars, ars, acs, Bj, lb, beta,
                           C + i * ldc + j, ldc);
     }
+    free(P);
     return 1;
+}
+/* whether fs_gemm_small_s computes C (m x n) = alpha op(A) op(B) + beta C
+ * with these transpositions and sizes (on this CPU, now) */
+static inline int fs_gemm_small_takes(int ta, int tb, int m, int n, int k)
+{
+    return fs_sg_route(ta, tb ? FS_SG_BT : FS_SG_B, m, n, k) != 0;
+}
+static inline int fs_gemm_small_s(int ta, int tb, int m, int n, int k,
+                                  float alpha, const float *A, int lda,
+                                  const float *B, int ldb, float beta,
+                                  float *C, int ldc)
+{
+    return fs_sg_product(ta, tb ? FS_SG_BT : FS_SG_B, m, n, k, alpha, A, lda,
+                         B, ldb, beta, C, ldc);
 }
 /* The upper triangle of C (n x n) = alpha (A^T B + B^T A) + beta C, A and
  * B k x n, as alpha (T + T^T) + beta C with T = A^T B by fs_gemm_small_s;
@@ -395,31 +471,18 @@ static inline int fs_syr2k_small_s(int n, int k, float alpha, const float *A,
     return 1;
 }
 /* C (m x n) = alpha B S + beta C with S (n x n) symmetric, its upper
- * triangle given, through a full copy of S and fs_gemm_small_s (1 if
- * computed here, 0 if the caller is to, also when the copy cannot be
- * allocated).  SciPy's OpenBLAS ssymm took 17.4 us at m = 32, n = 128. */
+ * triangle given, by the loop with S's strips packed from it (1 if
+ * computed here, 0 if the caller is to).  SciPy's OpenBLAS ssymm took
+ * 17.4 us at m = 32, n = 128. */
 static inline int fs_symm_small_s(int m, int n, float alpha, const float *S,
                                   int lds, const float *B, int ldb,
                                   float beta, float *C, int ldc)
 {
-    if (!fs_gemm_small_takes(0, 0, m, n, n))
-        return 0;
-    float *F = malloc((size_t)n * n * sizeof(float));
-    if (F == NULL)
-        return 0;
-    /* F's lower triangle: the transposes of S's upper 8 x 8 blocks (n is a
-     * multiple of 16 here; the diagonal blocks' other half is overwritten
-     * next), then S's upper triangle by rows */
-    for (ptrdiff_t i0 = 0; i0 < n; i0 += 8)
-        for (ptrdiff_t j0 = i0; j0 < n; j0 += 8)
-            fs_tr8x8_s(S + i0 * lds + j0, lds, F + j0 * n + i0, n);
-    for (ptrdiff_t i = 0; i < n; ++i)
-        memcpy(F + i * n + i, S + i * lds + i, (size_t)(n - i) * sizeof(float));
-    fs_gemm_small_s(0, 0, m, n, n, alpha, B, ldb, F, n, beta, C, ldc);
-    free(F);
-    return 1;
+    return fs_sg_product(0, FS_SG_SYM, m, n, n, alpha, B, ldb, S, lds, beta,
+                         C, ldc);
 }
 #else
+#define fs_sg_route(...) 0
 #define fs_gemm_small_takes(...) 0
 #define fs_gemm_small_s(...) 0
 #define fs_syr2k_small_s(...) 0

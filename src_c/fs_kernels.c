@@ -13,8 +13,10 @@ int fs_blas_detect(void)
 #if FS_HAVE_AVX2
     __builtin_cpu_init();
     fs_blas.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    fs_blas.avx512 = __builtin_cpu_supports("avx512f");
 #else
     fs_blas.avx2 = 0;
+    fs_blas.avx512 = 0;
 #endif
     fs_blas.small_gemm = fs_blas.avx2;
     return fs_blas.avx2;

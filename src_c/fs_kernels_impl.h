@@ -667,20 +667,15 @@ static void F(fs_forward_core)(ptrdiff_t D, int d, const T *V, const T *U,
     /* the target rows are cache misses: loaded first, overlapping each
      * other (fs_touch_rows: hints for all of them were mostly dropped) */
     F(fs_touch_rows)(V, d, indices, indptr[m], d);
-    /* HU = (U H^T)^T: OpenBLAS computes U H^T (U not transposed, as the
-     * operand it packs second) faster than H U^T (measured at m = 32,
-     * d = 128: 15.8 against 22.0 us; m = 128, d = 512: 0.76 against 0.84
-     * ms); the d x m result goes through HUM's space.  (A few rows: the
-     * BLAS-2 routines, through the wrapper.) */
-    if (m >= 4) {
-        if (sizeof(T) == sizeof(float) && fs_gemm_small_takes(0, 0, d, m, d)) {
-            /* fs_gemm's AVX2 loop takes U H^T with H^T formed first (in
-             * HU's space): 11 us at m = 32, d = 128 */
-            F(fs_transpose)(m, d, H, d, HU, m);
-            F(fs_gemm)(0, 0, d, m, d, 1, U, d, HU, m, 0, HUM, m);
-        } else {
-            F(fs_gemm)(0, 1, d, m, d, 1, U, d, H, d, 0, HUM, m);
-        }
+    /* HU = H U^T: by fs_gemm's AVX2 loop where it takes it (U's strips
+     * transposed as it packs them); else as (U H^T)^T: OpenBLAS computes
+     * U H^T (U not transposed, as the operand it packs second) faster
+     * (measured at m = 32, d = 128: 15.8 against 22.0 us; m = 128, d = 512:
+     * 0.76 against 0.84 ms), the d x m result through HUM's space.  (A few
+     * rows: the BLAS-2 routines, through the wrapper.) */
+    if (m >= 4 && !(sizeof(T) == sizeof(float)
+                    && fs_gemm_small_takes(0, 1, m, d, d))) {
+        F(fs_gemm)(0, 1, d, m, d, 1, U, d, H, d, 0, HUM, m);
         F(fs_transpose)(d, m, HUM, m, HU, d);
     } else {
         F(fs_gemm)(0, 1, m, d, d, 1, H, d, U, d, 0, HU, d);

@@ -79,25 +79,56 @@ def small_gemm(request):
                          request.param)
 
 
+#: shapes (m, n, k) of the float32 loop's test, and how the loop computes
+#: them with op(A) not transposed / transposed (fs_sg_route, for op(B) = B;
+#: op(B) = B^T is always packed or BLAS): 1 B read in place, 2 op(B)'s
+#: strips packed, 0 BLAS (n not a multiple of 16; op(A) transposed beyond
+#: the in-place limits; more than 320 rows)
+LOOP_SHAPES = {(3, 16, 8): (1, 1), (5, 32, 7): (1, 1), (33, 48, 40): (1, 1),
+               (32, 128, 128): (1, 1), (128, 128, 32): (1, 1),
+               (64, 64, 64): (1, 1), (65, 64, 64): (2, 0),
+               (16, 24, 16): (0, 0), (7, 32, 2500): (2, 0),
+               (20, 64, 301): (2, 0), (40, 256, 256): (2, 0),
+               (330, 64, 64): (0, 0)}
+
+
 @pytest.mark.parametrize("ta", [False, True])
-@pytest.mark.parametrize("m,n,k", [(3, 16, 8), (5, 32, 7), (33, 48, 40),
-                                   (32, 128, 128), (128, 128, 32),
-                                   (64, 64, 64), (65, 64, 64), (16, 24, 16)])
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("m,n,k", list(LOOP_SHAPES))
 @pytest.mark.parametrize("alpha,beta", [(-2.0, 0.5), (1.0, 0.0), (0.5, 1.0)])
-def test_gemm_short_inner_dimension(rng, ta, m, n, k, alpha, beta,
+def test_gemm_short_inner_dimension(rng, ta, tb, m, n, k, alpha, beta,
                                     small_gemm):
-    """The shapes the loop serves (n a multiple of 16, op(A) of at most 4096
-    entries; rows in blocks of six, four and one) and some it leaves
-    to BLAS (65 x 64, n = 24), op(A) transposed or not; with beta = 0, C's
-    previous content (NaN) is not read."""
+    """The shapes the loop serves with B in place (n a multiple of 16, op(A)
+    of at most 4096 entries; rows in blocks of six, four and one), with
+    op(B)'s strips packed (op(A) not transposed, at most 320 rows; B^T's
+    strips in 8 x 8 transposes and edges, k = 7, 301), and some it leaves
+    to BLAS; with beta = 0, C's previous content (NaN) is not read."""
     A = _rand(rng, (k, m) if ta else (m, k), np.float32)
-    B = _rand(rng, (k, n), np.float32)
+    B = _rand(rng, (n, k) if tb else (k, n), np.float32)
     C = (np.full((m, n), np.nan, np.float32) if beta == 0.0
          else _rand(rng, (m, n), np.float32))
-    expected = (alpha * ((A.T if ta else A).astype(np.float64) @ B)
+    expected = (alpha * ((A.T if ta else A).astype(np.float64)
+                         @ (B.T if tb else B))
                 + (0.0 if beta == 0.0 else beta * C.astype(np.float64)))
-    _core._py_gemm(ta, False, alpha, A, B, beta, C)
+    _core._py_gemm(ta, tb, alpha, A, B, beta, C)
     assert_close(C, expected, np.float32)
+
+
+@pytest.mark.parametrize("m,n,k", list(LOOP_SHAPES))
+def test_loop_routes(m, n, k):
+    """The shapes above take the routes they are meant to test, on a CPU
+    with AVX2 + FMA and without AVX-512 (where the packed route is off)."""
+    old = _core._small_gemm(True)
+    try:
+        if not _core._small_gemm() or _core._cpu_avx512():
+            pytest.skip("the loop's routes are not all on for this CPU")
+        direct, transposed = LOOP_SHAPES[m, n, k]
+        assert _core._small_gemm_route(False, 0, m, n, k) == direct
+        assert _core._small_gemm_route(True, 0, m, n, k) == transposed
+        assert _core._small_gemm_route(False, 1, m, n, k) == (direct and 2)
+        assert _core._small_gemm_route(True, 1, m, n, k) == 0
+    finally:
+        _core._small_gemm(old)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -112,11 +143,14 @@ def test_transpose(rng, dtype, r, c, level2):
     assert np.array_equal(B, A.T)
 
 
-@pytest.mark.parametrize("m,n", [(32, 128), (5, 48), (7, 40)])
+@pytest.mark.parametrize("m,n", [(32, 128), (5, 48), (7, 40), (3, 16),
+                                 (40, 256), (321, 32)])
 def test_symm_short_inner_dimension(rng, m, n, small_gemm):
     """C = alpha B S + beta C in float32 with S's upper triangle given (its
-    lower holds garbage, NaN): through a full copy of S and the short
-    product's loop where it takes B S (n a multiple of 16), else BLAS."""
+    lower holds garbage, NaN): through the loop with S's strips packed from
+    its upper triangle where it takes B S (n a multiple of 16, at most 320
+    rows: rows above, within and below each strip's diagonal block), else
+    BLAS."""
     S = _rand(rng, (n, n), np.float32)
     S = S + S.T
     B = _rand(rng, (m, n), np.float32)
