@@ -95,6 +95,8 @@ cdef extern from "fs_kernels.h" nogil:
         void* dsyev
         void* dgeqrf
         void* dorgqr
+        void* dpotrf
+        void* dpotri
         int avx2
         int small_gemm
         int avx512
@@ -193,6 +195,8 @@ fs_blas.dgetrs = <void*>cl.dgetrs
 fs_blas.dsyev = <void*>cl.dsyev
 fs_blas.dgeqrf = <void*>cl.dgeqrf
 fs_blas.dorgqr = <void*>cl.dorgqr
+fs_blas.dpotrf = <void*>cl.dpotrf
+fs_blas.dpotri = <void*>cl.dpotri
 fs_blas_detect()
 
 

@@ -82,6 +82,38 @@ def test_batch_20_steps(dtype, D, d, K, m):
     _check(dtype, *res)
 
 
+@pytest.mark.parametrize("case", ["equal", "scaled", "indefinite", "mixed"])
+def test_batch_large_system(case):
+    """Minibatches of 64 (the step's system K^T, 64 x 64, inverted by
+    LAPACK rather than Gauss-Jordan) against the naive layer in float64:
+    ``equal``, the squared loss (every dL/dq = 1): by Cholesky; ``scaled``,
+    the spherical softmax (dL/dq > 0, unequal): by Cholesky of the
+    symmetrically scaled system; ``indefinite``, orthogonal rows of H with
+    2 lr ||h||^2 = 3 (every factor of the update -2, none near 0): Cholesky
+    fails, the LU; ``mixed``, the z-loss (dL/dq of both signs): the LU."""
+    D, d, m = 3000, 64, 64
+    rng = np.random.default_rng(5)
+    W0 = (rng.standard_normal((D, d)) / np.sqrt(d)).astype(np.float32)
+    loss = {"scaled": "spherical_softmax", "mixed": "z_loss"}.get(case, "squared")
+    fact = FactoredOutputLayer.from_weights(W0, dtype=np.float64, loss=loss)
+    naive = NaiveOutputLayer.from_weights(W0, dtype=np.float64, loss=loss)
+    for _ in range(5):
+        if case == "indefinite":
+            H = np.linalg.qr(rng.standard_normal((d, d)))[0][:m]
+            lr = 1.5
+        else:   # (the spherical softmax's dL/dq is about 1 / q: a lr that
+                # makes its updates as large as the squared loss's)
+            H = 0.3 * rng.standard_normal((m, d))
+            lr = 1.0 if case == "scaled" else 0.01
+        idx = rng.integers(0, D, size=(m, 1))
+        val = rng.uniform(0.5, 1.5, size=(m, 1))
+        lf, gf = fact.step(H, (idx, val), lr, mode="batch")
+        ln, gn = naive.step(H, (idx, val), lr, mode="batch")
+        assert rel_err(lf, ln) < 1e-9
+        assert rel_err(gf, gn) < 1e-9
+    assert rel_err(fact.weights(), naive.weights()) < 1e-9
+
+
 @pytest.mark.parametrize("mode", ["online", "batch"])
 def test_shared_targets_within_minibatch(mode):
     # Every example hits the same few rows: V rows get several updates in one
