@@ -387,9 +387,10 @@ static FS_AVX2_FN void fs_sg_pack(int form, ptrdiff_t k, const float *B,
 
 /* 1 if C = alpha op(A) op(B) + beta C (op(B) of that form) was computed
  * here, 0 if the caller is to compute it (also when the strip's buffer
- * cannot be allocated) */
-static inline int fs_sg_product(int ta, int form, int m, int n, int k,
-                                float alpha, const float *A, int lda,
+ * cannot be allocated).  upper: only C's rows up to the diagonal block of
+ * each strip (a Gram matrix's upper triangle; m = n) */
+static inline int fs_sg_product(int ta, int form, int upper, int m, int n,
+                                int k, float alpha, const float *A, int lda,
                                 const float *B, int ldb, float beta,
                                 float *C, int ldc)
 {
@@ -399,14 +400,6 @@ static inline int fs_sg_product(int ta, int form, int m, int n, int k,
         || (route == 2 && (P = malloc((size_t)k * 16 * sizeof(float))) == NULL))
         return 0;
     const ptrdiff_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
-    /* blocks of 6 rows (12 accumulators), then of 4, then single rows; as
-     * many of 6 as leave a multiple of 4 */
-    ptrdiff_t n6 = m / 6;
-    for (ptrdiff_t t = n6; t >= 0; --t)
-        if ((m - 6 * t) % 4 == 0) {
-            n6 = t;
-            break;
-        }
     for (ptrdiff_t j = 0; j < n; j += 16) {
         const float *Bj = B + j;
         ptrdiff_t lb = ldb;
@@ -415,14 +408,22 @@ static inline int fs_sg_product(int ta, int form, int m, int n, int k,
             Bj = P;
             lb = 16;
         }
-        ptrdiff_t i = 0;
+        const ptrdiff_t mj = upper && j + 16 < m ? j + 16 : m;
+        /* blocks of 6 rows (12 accumulators), then of 4, then single
+         * rows; as many of 6 as leave a multiple of 4 */
+        ptrdiff_t n6 = mj / 6, i = 0;
+        for (ptrdiff_t t = n6; t >= 0; --t)
+            if ((mj - 6 * t) % 4 == 0) {
+                n6 = t;
+                break;
+            }
         for (; i < 6 * n6; i += 6)
             fs_sg_kernel6(k, alpha, A + i * ars, ars, acs, Bj, lb, beta,
                           C + i * ldc + j, ldc);
-        for (; i + 4 <= m; i += 4)
+        for (; i + 4 <= mj; i += 4)
             fs_sg_kernel4(k, alpha, A + i * ars, ars, acs, Bj, lb, beta,
                           C + i * ldc + j, ldc);
-        for (; i < m; ++i)
+        for (; i < mj; ++i)
             fs_sg_kernel1(k, alpha, A + i * ars, ars, acs, Bj, lb, beta,
                           C + i * ldc + j, ldc);
     }
@@ -440,8 +441,8 @@ static inline int fs_gemm_small_s(int ta, int tb, int m, int n, int k,
                                   const float *B, int ldb, float beta,
                                   float *C, int ldc)
 {
-    return fs_sg_product(ta, tb ? FS_SG_BT : FS_SG_B, m, n, k, alpha, A, lda,
-                         B, ldb, beta, C, ldc);
+    return fs_sg_product(ta, tb ? FS_SG_BT : FS_SG_B, 0, m, n, k, alpha, A,
+                         lda, B, ldb, beta, C, ldc);
 }
 /* The upper triangle of C (n x n) = alpha (A^T B + B^T A) + beta C, A and
  * B k x n, as alpha (T + T^T) + beta C with T = A^T B by fs_gemm_small_s;
@@ -483,7 +484,19 @@ static inline int fs_symm_small_s(int m, int n, float alpha, const float *S,
                                   int lds, const float *B, int ldb,
                                   float beta, float *C, int ldc)
 {
-    return fs_sg_product(0, FS_SG_SYM, m, n, n, alpha, B, ldb, S, lds, beta,
+    return fs_sg_product(0, FS_SG_SYM, 0, m, n, n, alpha, B, ldb, S, lds,
+                         beta, C, ldc);
+}
+/* the upper triangle of C (n x n) = A A^T, A n x k (and the entries below
+ * it in the diagonal 16 x 16 blocks), by the loop with A^T's strips
+ * packed, only C's blocks that meet the upper triangle (1 if computed
+ * here, 0 if the caller is to).  With the mirror (fs_gram_rows), against
+ * SciPy's ssyrk: 2.8 against 5.4 us at n = 32, k = 128; 119 against 160
+ * at n = 128, k = 512 */
+static inline int fs_gram_small_s(int n, int k, const float *A, int lda,
+                                  float *C, int ldc)
+{
+    return fs_sg_product(0, FS_SG_BT, 1, n, n, k, 1.0f, A, lda, A, lda, 0.0f,
                          C, ldc);
 }
 #else
@@ -492,11 +505,13 @@ static inline int fs_symm_small_s(int m, int n, float alpha, const float *S,
 #define fs_gemm_small_s(...) 0
 #define fs_syr2k_small_s(...) 0
 #define fs_symm_small_s(...) 0
+#define fs_gram_small_s(...) 0
 #endif
 /* (float64 products all go to BLAS) */
 #define fs_gemm_small_d(...) 0
 #define fs_syr2k_small_d(...) 0
 #define fs_symm_small_d(...) 0
+#define fs_gram_small_d(...) 0
 
 /* Row-major wrappers, suffix _s / _d; trans arguments are 0 (no) or 1.
  * As in BLAS, C (or y) is not read when beta = 0. */
@@ -653,7 +668,8 @@ static inline void fs_gram_rows_##S(int n, int k, const T *A, int lda, T *C,  \
         fs_gemm_##S(0, 1, n, n, k, (T)1, A, lda, A, lda, (T)0, C, ldc);       \
         return;                                                               \
     }                                                                         \
-    {   /* column-major: A^T is k x n; C^T's lower triangle is C's upper */   \
+    if (!fs_gram_small_##S(n, k, A, lda, C, ldc)) {                           \
+        /* column-major: A^T is k x n; C^T's lower triangle is C's upper */   \
         const char uplo = 'L', t = 'T';                                       \
         const T one = 1, zero = 0;                                            \
         fs_blas.S##syrk(&uplo, &t, &n, &k, &one, A, &lda, &zero, C, &ldc);    \

@@ -239,6 +239,18 @@ def test_gram_rows(rng, dtype, n, k, s):
     assert np.array_equal(C, C.T)
 
 
+@pytest.mark.parametrize("n,k", [(16, 5), (32, 128), (48, 7), (80, 33),
+                                 (128, 40), (24, 9)])
+def test_gram_rows_float32_loop(rng, n, k, small_gemm):
+    """A A^T in float32 through the loop (n a multiple of 16: the strips'
+    rows up to their diagonal block, then the mirror) and through BLAS."""
+    A = _rand(rng, (n, k), np.float32)
+    C = np.full((n, n), np.nan, np.float32)
+    _core._py_gram_rows(A, C)
+    assert_close(C, A.astype(np.float64) @ A.T, np.float32)
+    assert np.array_equal(C, C.T)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("s", SCALES)
 def test_beta_zero_does_not_read_the_output(rng, dtype, s):
