@@ -218,6 +218,7 @@ FS_LEVEL2(double, d)
 #define FS_SG_BMAX 65536
 #define FS_SG_NFEW 48
 #define FS_SG_MMAX 320
+#define FS_SG_PACK 4
 #if FS_HAVE_AVX2
 #include <immintrin.h>
 #define FS_SG_ROWS6(X) X(0) X(1) X(2) X(3) X(4) X(5)
@@ -354,35 +355,49 @@ static inline int fs_sg_route(int ta, int form, int m, int n, int k)
     return !ta && m <= FS_SG_MMAX && !fs_blas.avx512 ? 2 : 0;
 }
 
-/* P (k x 16) <- columns j .. j + 15 of op(B) (k x n): B's rows as they
- * are; B^T's from B's rows j .. j + 15 in 8 x 8 transposes; S's as they
- * are above the strip's diagonal block, transposed below it (S's upper
- * triangle, by symmetry), element by element within it */
+/* P (ns blocks of k x 16, k * 16 apart) <- columns j .. j + 16 ns - 1 of
+ * op(B) (k x n): B's rows as they are (row by row across the ns strips:
+ * 16 columns of a row at a time, k rows 4 ldb bytes apart, took 8 % of a
+ * product at d = 512); B^T's from B's rows j .. j + 15 in 8 x 8
+ * transposes; S's as they are above each strip's diagonal block,
+ * transposed below it (S's upper triangle, by symmetry), element by
+ * element within it */
 static FS_AVX2_FN void fs_sg_pack(int form, ptrdiff_t k, const float *B,
-                                  ptrdiff_t ldb, ptrdiff_t j, float *P)
+                                  ptrdiff_t ldb, ptrdiff_t j, ptrdiff_t ns,
+                                  float *P)
 {
-    ptrdiff_t l = form == FS_SG_B ? k : form == FS_SG_SYM ? j : 0;
-    for (ptrdiff_t i = 0; i < l; ++i) {
-        const float *b = B + i * ldb + j;
-        _mm256_storeu_ps(P + i * 16, _mm256_loadu_ps(b));
-        _mm256_storeu_ps(P + i * 16 + 8, _mm256_loadu_ps(b + 8));
-    }
-    if (form == FS_SG_B)
+    if (form == FS_SG_B) {
+        for (ptrdiff_t i = 0; i < k; ++i)
+            for (ptrdiff_t t = 0; t < ns; ++t) {
+                const float *b = B + i * ldb + j + 16 * t;
+                float *p = P + t * k * 16 + i * 16;
+                _mm256_storeu_ps(p, _mm256_loadu_ps(b));
+                _mm256_storeu_ps(p + 8, _mm256_loadu_ps(b + 8));
+            }
         return;
-    if (form == FS_SG_SYM) {
-        for (ptrdiff_t r = 0; r < 16; ++r)
-            for (ptrdiff_t c = 0; c < 16; ++c)
-                P[(j + r) * 16 + c] = r <= c ? B[(j + r) * ldb + j + c]
-                                             : B[(j + c) * ldb + j + r];
-        l = j + 16;
     }
-    for (; l + 8 <= k; l += 8) {
-        fs_tr8x8_s(B + j * ldb + l, ldb, P + l * 16, 16);
-        fs_tr8x8_s(B + (j + 8) * ldb + l, ldb, P + l * 16 + 8, 16);
+    for (ptrdiff_t t = 0; t < ns; ++t, j += 16, P += k * 16) {
+        ptrdiff_t l = form == FS_SG_SYM ? j : 0;
+        for (ptrdiff_t i = 0; i < l; ++i) {
+            const float *b = B + i * ldb + j;
+            _mm256_storeu_ps(P + i * 16, _mm256_loadu_ps(b));
+            _mm256_storeu_ps(P + i * 16 + 8, _mm256_loadu_ps(b + 8));
+        }
+        if (form == FS_SG_SYM) {
+            for (ptrdiff_t r = 0; r < 16; ++r)
+                for (ptrdiff_t c = 0; c < 16; ++c)
+                    P[(j + r) * 16 + c] = r <= c ? B[(j + r) * ldb + j + c]
+                                                 : B[(j + c) * ldb + j + r];
+            l = j + 16;
+        }
+        for (; l + 8 <= k; l += 8) {
+            fs_tr8x8_s(B + j * ldb + l, ldb, P + l * 16, 16);
+            fs_tr8x8_s(B + (j + 8) * ldb + l, ldb, P + l * 16 + 8, 16);
+        }
+        for (; l < k; ++l)
+            for (ptrdiff_t r = 0; r < 16; ++r)
+                P[l * 16 + r] = B[(j + r) * ldb + l];
     }
-    for (; l < k; ++l)
-        for (ptrdiff_t r = 0; r < 16; ++r)
-            P[l * 16 + r] = B[(j + r) * ldb + l];
 }
 
 /* 1 if C = alpha op(A) op(B) + beta C (op(B) of that form) was computed
@@ -396,16 +411,20 @@ static inline int fs_sg_product(int ta, int form, int upper, int m, int n,
 {
     const int route = fs_sg_route(ta, form, m, n, k);
     float *P = NULL;
-    if (route == 0
-        || (route == 2 && (P = malloc((size_t)k * 16 * sizeof(float))) == NULL))
+    if (route == 0 || (route == 2 && (P = malloc((size_t)k * FS_SG_PACK * 16
+                                                 * sizeof(float))) == NULL))
         return 0;
     const ptrdiff_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
     for (ptrdiff_t j = 0; j < n; j += 16) {
         const float *Bj = B + j;
         ptrdiff_t lb = ldb;
-        if (P != NULL) {
-            fs_sg_pack(form, k, B, ldb, j, P);
-            Bj = P;
+        if (P != NULL) {    /* FS_SG_PACK strips at a time */
+            const ptrdiff_t t = j / 16 % FS_SG_PACK;
+            if (t == 0)
+                fs_sg_pack(form, k, B, ldb, j,
+                           n - j < 16 * FS_SG_PACK ? (n - j) / 16 : FS_SG_PACK,
+                           P);
+            Bj = P + t * k * 16;
             lb = 16;
         }
         const ptrdiff_t mj = upper && j + 16 < m ? j + 16 : m;
