@@ -214,9 +214,9 @@ def _own_avx2(flag=None):
 
 
 def _small_gemm(flag=None):
-    """Whether float32 products with a short inner dimension use the AVX2 +
-    FMA loops of src_c/fs_blas.h (fs_gemm_small_s; on by default when the
-    CPU has them) instead of BLAS.  With ``flag``: switch them off (False)
+    """Whether float32 products use the AVX2 + FMA loop of src_c/fs_blas.h
+    (fs_sg_product: the shapes fs_sg_route gives it; on by default when the
+    CPU has AVX2 and FMA) instead of BLAS.  With ``flag``: switch them off (False)
     or back on (True, only where the CPU has them); returns the previous
     setting.  Not thread-safe: no kernel may run meanwhile."""
     cdef int old = fs_blas.small_gemm, avx2 = fs_blas.avx2

@@ -200,14 +200,14 @@ FS_LEVEL2(double, d)
  * op(A) is A[r * ars + l * acs].  SciPy's OpenBLAS (0.3.30, Haswell
  * kernels) copies its first column-major operand -- our B -- into panels
  * one element at a time (measured on AMD Zen 3: 17 % of H Uinv at m = 128,
- * d = 512; 3.7 % in Debian's 0.3.21 with its Zen kernels); this loop:
+ * d = 512; about 4 % in Debian's 0.3.21 with its Zen kernels); this loop:
  * - reads B in place ("direct") while B is not transposed, has at most
  *   FS_SG_BMAX entries (in L2) and op(A) at most FS_SG_AMAX (in L1), or,
  *   A not transposed, B at most FS_SG_NFEW columns (A read once per strip):
  *   H Uinv at m = 32, d = 128 in 12 against 20.8 us;
  * - otherwise, op(A) not transposed and of at most FS_SG_MMAX rows, copies
  *   each strip of op(B) (k x 16: B's rows, B^T's, or a symmetric matrix's
- *   from its upper triangle) into a buffer first ("packed"): 0.77 to 0.90
+ *   from its upper triangle) into a buffer first ("packed"): 0.52 to 0.94
  *   of BLAS's time from m = 16 to 256 rows at d = 512 (H Uinv at m = 128,
  *   d = 512: 815 against 909 us), 0.93 at 300, equal at 512.
  * op(A) transposed and larger (the rank-m updates of d x d matrices):
@@ -356,9 +356,9 @@ static inline int fs_sg_route(int ta, int form, int m, int n, int k)
 }
 
 /* P (ns blocks of k x 16, k * 16 apart) <- columns j .. j + 16 ns - 1 of
- * op(B) (k x n): B's rows as they are (row by row across the ns strips:
- * 16 columns of a row at a time, k rows 4 ldb bytes apart, took 8 % of a
- * product at d = 512); B^T's from B's rows j .. j + 15 in 8 x 8
+ * op(B) (k x n): B's rows as they are (row by row across the ns strips;
+ * one strip at a time, its k rows 4 ldb bytes apart, packing a 512 x 512 B
+ * took 49 against 35 us); B^T's from B's rows j .. j + 15 in 8 x 8
  * transposes; S's as they are above each strip's diagonal block,
  * transposed below it (S's upper triangle, by symmetry), element by
  * element within it */
