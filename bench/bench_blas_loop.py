@@ -76,7 +76,7 @@ def main(argv=None):
             for m, d in shapes:
                 for name, fn in products(m, d, rng):
                     flops = 2.0 * m * d * (m if name == "H H^T" else d)
-                    inner = max(1, int(2e7 / flops))
+                    inner = max(3, int(3e8 / flops))
                     t = {True: np.inf, False: np.inf}
                     for _ in range(reps):
                         for on in (False, True):
