@@ -101,9 +101,10 @@ def test_gemm_short_inner_dimension(rng, ta, tb, m, n, k, alpha, beta,
                                     small_gemm):
     """The shapes the loop serves with B in place (n a multiple of 16, op(A)
     of at most 4096 entries; rows in blocks of six, four and one), with
-    op(B)'s strips packed (op(A) not transposed, at most 320 rows; B^T's
-    strips in 8 x 8 transposes and edges, k = 7, 301), and some it leaves
-    to BLAS; with beta = 0, C's previous content (NaN) is not read."""
+    op(B)'s strips packed (op(A) not transposed, at most 320 rows; four
+    strips at a time, n = 80: four then one; B^T's strips in 8 x 8
+    transposes and edges, k = 7, 301), and some it leaves to BLAS; with
+    beta = 0, C's previous content (NaN) is not read."""
     A = _rand(rng, (k, m) if ta else (m, k), np.float32)
     B = _rand(rng, (n, k) if tb else (k, n), np.float32)
     C = (np.full((m, n), np.nan, np.float32) if beta == 0.0

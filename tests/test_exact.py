@@ -2,7 +2,8 @@
 
 float64: losses, grad_H and weights agree to a relative error < 1e-9 after
 200 online steps and after 20 minibatch steps of m = 32 and m = 64 (the
-minibatch step's small system inverted by Gauss-Jordan, and by LU).
+minibatch step's small system inverted by Gauss-Jordan, and by Cholesky;
+its LU: test_batch_large_system).
 
 float32 tolerance, and why: losses and gradients are computed from d x d
 state (U h, Q h) whose rounding errors do not accumulate beyond a few tens
