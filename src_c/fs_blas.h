@@ -20,7 +20,6 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
-#include <string.h>
 
 #define FS_BLAS_TYPES(T, S)                                                   \
 typedef void fs_##S##gemm_t(const char *ta, const char *tb, const int *m,      \
