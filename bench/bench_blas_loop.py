@@ -40,7 +40,9 @@ def _best(fn, reps, inner):
 
 
 def products(m, d, rng):
-    """(name, callable) for the step's products at (m, d)."""
+    """(name, callable, (ta, form, rows, columns, k)) for the step's
+    products at (m, d): the last, the loop's view of the product (for its
+    route and its flops)."""
     f = np.float32
     H = rng.standard_normal((m, d)).astype(f)
     B = rng.standard_normal((d, d)).astype(f)
@@ -49,12 +51,16 @@ def products(m, d, rng):
     U = B.copy()
     G = np.zeros((m, m), f)
     return [
-        ("H Uinv", lambda: _core._py_gemm(False, False, 1.0, H, B, 0.0, C)),
-        ("H U^T", lambda: _core._py_gemm(False, True, 1.0, H, B, 0.0, C)),
-        ("HU M", lambda: _core._py_symm_right_upper(1.0, S, H, 0.0, C)),
+        ("H Uinv", lambda: _core._py_gemm(False, False, 1.0, H, B, 0.0, C),
+         (False, 0, m, d, d)),
+        ("H U^T", lambda: _core._py_gemm(False, True, 1.0, H, B, 0.0, C),
+         (False, 1, m, d, d)),
+        ("HU M", lambda: _core._py_symm_right_upper(1.0, S, H, 0.0, C),
+         (False, 2, m, d, d)),
         ("U -= HU^T Hg", lambda: _core._py_gemm(True, False, -1e-3, H, H,
-                                                1.0, U)),
-        ("H H^T", lambda: _core._py_gram_rows(H, G)),
+                                                1.0, U),
+         (True, 0, d, d, m)),
+        ("H H^T", lambda: _core._py_gram_rows(H, G), (False, 1, m, m, d)),
     ]
 
 
@@ -74,23 +80,15 @@ def main(argv=None):
     try:
         with threadpool_limits(1):
             for m, d in shapes:
-                for name, fn in products(m, d, rng):
-                    flops = 2.0 * m * d * (m if name == "H H^T" else d)
-                    inner = max(3, int(3e8 / flops))
+                for name, fn, (ta, form, rows, cols, k) in products(m, d, rng):
+                    inner = max(3, int(3e8 / (2.0 * rows * cols * k)))
                     t = {True: np.inf, False: np.inf}
                     for _ in range(reps):
                         for on in (False, True):
                             _core._small_gemm(on)
                             t[on] = min(t[on], _best(fn, 1, inner))
-                    # the loop's (transposition, form, rows, columns, k)
-                    ta, form, shape = {
-                        "H U^T": (False, 1, (m, d, d)),
-                        "HU M": (False, 2, (m, d, d)),
-                        "U -= HU^T Hg": (True, 0, (d, d, m)),
-                        "H H^T": (False, 1, (m, m, d)),
-                    }.get(name, (False, 0, (m, d, d)))
                     route = ("BLAS", "in place", "packed")[
-                        _core._small_gemm_route(ta, form, *shape)]
+                        _core._small_gemm_route(ta, form, rows, cols, k)]
                     print(f"| {m} | {d} | {name} | {t[False] * 1e6:.1f} us "
                           f"| {t[True] * 1e6:.1f} us | {t[True] / t[False]:.2f} "
                           f"| {route} |", flush=True)
